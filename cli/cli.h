@@ -1,0 +1,25 @@
+/* cli.h - subcommand entry points and the small flag-parsing helpers they share.
+ *
+ * Every command: int lf_cmd_<name>(int argc, char **argv) with argv[0] the command name; returns the
+ * process exit code (0 ok, 1 runtime/input error, 2 usage error) and prints errors as
+ * "loraforge <cmd>: <message>" on stderr. */
+#ifndef LF_CLI_CLI_H
+#define LF_CLI_CLI_H
+
+#include <stdint.h>
+
+int lf_cmd_make_tiny(int argc, char **argv);
+int lf_cmd_score(int argc, char **argv);
+int lf_cmd_generate(int argc, char **argv);
+int lf_cmd_inspect(int argc, char **argv);
+
+/* Flag value parsing: on error print "loraforge CMD: --flag: ..." and return nonzero. */
+int lf_cli_need_value(const char *cmd, int argc, char **argv, int i);
+int lf_cli_parse_i64(const char *cmd, const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out);
+int lf_cli_parse_f64(const char *cmd, const char *flag, const char *s, double lo, double hi, double *out);
+/* Parse "1 2 3" (spaces or commas) into a malloc'd int32 array (caller frees). */
+int lf_cli_parse_tokens(const char *cmd, const char *s, int32_t **out, int64_t *n);
+/* Print "loraforge CMD: msg" to stderr. */
+void lf_cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,144 @@
+/* cmd_generate.c - `loraforge generate`: prefill a prompt, then sample new tokens with the KV cache. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/cli.h"
+#include "kernels/backend.h"
+#include "model/model.h"
+#include "model/sampler.h"
+
+static const char *CMD = "generate";
+
+static void help(void) {
+    printf("usage: loraforge generate --model DIR (--tokens \"1 2 3\" | --prompt TEXT) [options]\n\n"
+           "Prints the generated token ids (space separated) on stdout; timing on stderr.\n\n"
+           "  --model DIR           Hugging Face model directory\n"
+           "  --tokens IDS          prompt token ids\n"
+           "  --prompt TEXT         prompt text (needs the tokenizer: not available in this build yet)\n"
+           "  --max-new-tokens N    tokens to generate (default 32)\n"
+           "  --temperature T       0 = greedy (default 0)\n"
+           "  --top-k K             keep the K most likely tokens (default 0 = off)\n"
+           "  --top-p P             nucleus sampling mass in (0, 1] (default 1 = off)\n"
+           "  --seed S              sampling seed (default 0)\n"
+           "  --ignore-eos          keep generating after an EOS token\n"
+           "  --threads N           CPU threads (default: all cores)\n");
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int lf_cmd_generate(int argc, char **argv) {
+    const char *model_dir = NULL, *tokens_s = NULL, *prompt = NULL;
+    int64_t threads = 0, max_new = 32, top_k = 0, seed = 0;
+    double temperature = 0.0, top_p = 1.0;
+    int ignore_eos = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            help();
+            return 0;
+        }
+        if (!strcmp(a, "--ignore-eos")) {
+            ignore_eos = 1;
+            continue;
+        }
+        if (lf_cli_need_value(CMD, argc, argv, i)) return 2;
+        const char *v = argv[++i];
+        int bad = 0;
+        if (!strcmp(a, "--model")) model_dir = v;
+        else if (!strcmp(a, "--tokens")) tokens_s = v;
+        else if (!strcmp(a, "--prompt")) prompt = v;
+        else if (!strcmp(a, "--max-new-tokens")) bad = lf_cli_parse_i64(CMD, a, v, 0, 1 << 24, &max_new);
+        else if (!strcmp(a, "--temperature")) bad = lf_cli_parse_f64(CMD, a, v, 0.0, 1e6, &temperature);
+        else if (!strcmp(a, "--top-k")) bad = lf_cli_parse_i64(CMD, a, v, 0, INT32_MAX, &top_k);
+        else if (!strcmp(a, "--top-p")) bad = lf_cli_parse_f64(CMD, a, v, 1e-9, 1.0, &top_p);
+        else if (!strcmp(a, "--seed")) bad = lf_cli_parse_i64(CMD, a, v, 0, INT64_MAX, &seed);
+        else if (!strcmp(a, "--threads")) bad = lf_cli_parse_i64(CMD, a, v, 0, 4096, &threads);
+        else {
+            lf_cli_error(CMD, "unknown option '%s' (see --help)", a);
+            return 2;
+        }
+        if (bad) return 2;
+    }
+    if (!model_dir || (!tokens_s && !prompt) || (tokens_s && prompt)) {
+        lf_cli_error(CMD, "--model and exactly one of --tokens / --prompt are required (see --help)");
+        return 2;
+    }
+    if (prompt) {
+        lf_cli_error(CMD, "--prompt needs the tokenizer, which this build does not have yet; pass --tokens");
+        return 2;
+    }
+    int32_t *tokens = NULL;
+    int64_t T = 0;
+    if (lf_cli_parse_tokens(CMD, tokens_s, &tokens, &T)) return 2;
+    int rc = 1;
+    lf_err err = {0};
+    lf_backend *be = lf_backend_cpu_create((int)threads);
+    lf_model *m = NULL;
+    lf_session *s = NULL;
+    lf_sampler *smp = NULL;
+    float *logits = NULL;
+    if (!be) {
+        lf_cli_error(CMD, "cannot create the cpu backend");
+        goto done;
+    }
+    if (lf_model_load(model_dir, be, &m, &err)) {
+        lf_cli_error(CMD, "%s", err.msg);
+        goto done;
+    }
+    const lf_model_config *cfg = lf_model_get_config(m);
+    if (T + max_new > cfg->max_pos)
+        fprintf(stderr, "loraforge generate: warning: %lld prompt + %lld new tokens exceed max_position_embeddings %lld\n",
+                (long long)T, (long long)max_new, (long long)cfg->max_pos);
+    lf_sampler_params sp = {(float)temperature, top_k, (float)top_p, (uint64_t)seed};
+    if (lf_session_create(m, T + max_new, 512, &s, &err) || lf_sampler_create(cfg->V, &sp, &smp, &err)) {
+        lf_cli_error(CMD, "%s", err.msg);
+        goto done;
+    }
+    logits = malloc((size_t)cfg->V * sizeof(float));
+    if (!logits) {
+        lf_cli_error(CMD, "out of memory");
+        goto done;
+    }
+    double t0 = now_s();
+    if (lf_session_forward(s, tokens, T, logits, 1, &err)) {
+        lf_cli_error(CMD, "%s", err.msg);
+        goto done;
+    }
+    double t1 = now_s();
+    int64_t ngen = 0;
+    for (; ngen < max_new; ngen++) {
+        int32_t next = lf_sampler_sample(smp, logits);
+        printf(ngen ? " %d" : "%d", next);
+        fflush(stdout);
+        int is_eos = 0;
+        for (int e = 0; e < cfg->n_eos; e++) is_eos |= next == cfg->eos_ids[e];
+        if (is_eos && !ignore_eos) {
+            ngen++;
+            break;
+        }
+        if (ngen + 1 < max_new && lf_session_forward(s, &next, 1, logits, 1, &err)) {
+            printf("\n");
+            lf_cli_error(CMD, "%s", err.msg);
+            goto done;
+        }
+    }
+    printf("\n");
+    double t2 = now_s();
+    fprintf(stderr, "loraforge generate: prompt %lld tokens in %.3f s (%.1f tok/s), generated %lld tokens in %.3f s (%.1f tok/s)\n",
+            (long long)T, t1 - t0, (double)T / (t1 - t0 + 1e-12), (long long)ngen, t2 - t1, (double)ngen / (t2 - t1 + 1e-12));
+    rc = 0;
+done:
+    free(logits);
+    free(tokens);
+    lf_sampler_free(smp);
+    lf_session_free(s);
+    lf_model_free(m);
+    lf_backend_free(be);
+    return rc;
+}

@@ -1,0 +1,84 @@
+/* cmd_score.c - `loraforge score`: float32 logits [T, V] for every position of a token sequence, as .npy. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "core/npy.h"
+#include "kernels/backend.h"
+#include "model/model.h"
+
+static const char *CMD = "score";
+
+static void help(void) {
+    printf("usage: loraforge score --model DIR --tokens \"1 2 3\" --out logits.npy [--threads N] [--chunk N]\n\n"
+           "Runs the model over the token ids and writes float32 logits [T, V] for every position.\n\n"
+           "  --model DIR     Hugging Face model directory (config.json + safetensors)\n"
+           "  --tokens IDS    token ids separated by spaces or commas\n"
+           "  --out FILE      output .npy path (written atomically)\n"
+           "  --threads N     CPU threads (default: all cores)\n"
+           "  --chunk N       prefill chunk size in tokens (default 512)\n");
+}
+
+int lf_cmd_score(int argc, char **argv) {
+    const char *model_dir = NULL, *tokens_s = NULL, *out = NULL;
+    int64_t threads = 0, chunk = 512;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            help();
+            return 0;
+        }
+        if (lf_cli_need_value(CMD, argc, argv, i)) return 2;
+        const char *v = argv[++i];
+        if (!strcmp(a, "--model")) model_dir = v;
+        else if (!strcmp(a, "--tokens")) tokens_s = v;
+        else if (!strcmp(a, "--out")) out = v;
+        else if (!strcmp(a, "--threads")) { if (lf_cli_parse_i64(CMD, a, v, 0, 4096, &threads)) return 2; }
+        else if (!strcmp(a, "--chunk")) { if (lf_cli_parse_i64(CMD, a, v, 1, 1 << 20, &chunk)) return 2; }
+        else {
+            lf_cli_error(CMD, "unknown option '%s' (see --help)", a);
+            return 2;
+        }
+    }
+    if (!model_dir || !tokens_s || !out) {
+        lf_cli_error(CMD, "--model, --tokens and --out are required (see --help)");
+        return 2;
+    }
+    int32_t *tokens = NULL;
+    int64_t T = 0;
+    if (lf_cli_parse_tokens(CMD, tokens_s, &tokens, &T)) return 2;
+    int rc = 1;
+    lf_err err = {0};
+    lf_backend *be = lf_backend_cpu_create((int)threads);
+    lf_model *m = NULL;
+    lf_session *s = NULL;
+    float *logits = NULL;
+    if (!be) {
+        lf_cli_error(CMD, "cannot create the cpu backend");
+        goto done;
+    }
+    if (lf_model_load(model_dir, be, &m, &err) || lf_session_create(m, T, chunk, &s, &err)) {
+        lf_cli_error(CMD, "%s", err.msg);
+        goto done;
+    }
+    int64_t V = lf_model_get_config(m)->V;
+    logits = malloc((size_t)(T * V) * sizeof(float));
+    if (!logits) {
+        lf_cli_error(CMD, "out of memory for %lld x %lld logits", (long long)T, (long long)V);
+        goto done;
+    }
+    int64_t shape[2] = {T, V};
+    if (lf_session_forward(s, tokens, T, logits, 0, &err) || lf_npy_write(out, logits, LF_DTYPE_F32, 2, shape, &err)) {
+        lf_cli_error(CMD, "%s", err.msg);
+        goto done;
+    }
+    rc = 0;
+done:
+    free(logits);
+    free(tokens);
+    lf_session_free(s);
+    lf_model_free(m);
+    lf_backend_free(be);
+    return rc;
+}

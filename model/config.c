@@ -1,0 +1,228 @@
+/* config.c - config.json / generation_config.json parsing and RoPE frequency setup for Llama-family models. */
+#include "model/config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/fileio.h"
+#include "core/json.h"
+
+const char *lf_arch_name(lf_arch a) {
+    switch (a) {
+    case LF_ARCH_LLAMA: return "LlamaForCausalLM";
+    case LF_ARCH_MISTRAL: return "MistralForCausalLM";
+    case LF_ARCH_QWEN2: return "Qwen2ForCausalLM";
+    }
+    return "?";
+}
+
+/* eos_token_id / bos_token_id may be an int, a list of ints, or null. */
+static lf_status read_eos(const json_t *obj, const char *key, lf_model_config *cfg, const char *ctx, lf_err *err) {
+    const json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) return LF_OK;
+    cfg->n_eos = 0;
+    if (json_is_integer(v)) {
+        cfg->eos_ids[cfg->n_eos++] = json_integer_value(v);
+        return LF_OK;
+    }
+    if (json_is_array(v)) {
+        size_t i;
+        const json_t *e;
+        json_array_foreach(v, i, e) {
+            if (!json_is_integer(e)) return lf_err_set(err, LF_EFORMAT, "%s: \"%s\"[%zu] must be an integer", ctx, key, i);
+            if (cfg->n_eos < LF_MAX_EOS) cfg->eos_ids[cfg->n_eos++] = json_integer_value(e);
+        }
+        return LF_OK;
+    }
+    return lf_err_set(err, LF_EFORMAT, "%s: \"%s\" must be an integer or a list of integers", ctx, key);
+}
+
+static lf_status read_rope_scaling(const json_t *root, lf_model_config *cfg, const char *ctx, lf_err *err) {
+    const json_t *rs = json_object_get(root, "rope_scaling");
+    cfg->rope_type = LF_ROPE_DEFAULT;
+    if (!rs || json_is_null(rs)) return LF_OK;
+    if (!json_is_object(rs)) return lf_err_set(err, LF_EFORMAT, "%s: \"rope_scaling\" must be an object or null", ctx);
+    const char *type = NULL;
+    lf_status st = lf_json_str_opt(rs, "rope_type", NULL, &type, ctx, err);
+    if (st) return st;
+    if (!type && (st = lf_json_str_opt(rs, "type", NULL, &type, ctx, err))) return st;
+    if (!type) return lf_err_set(err, LF_EFORMAT, "%s: rope_scaling has no \"rope_type\"", ctx);
+    if (strcmp(type, "default") == 0) return LF_OK;
+    if ((st = lf_json_num(rs, "factor", &cfg->rope_factor, ctx, err))) return st;
+    if (!(cfg->rope_factor >= 1.0))
+        return lf_err_set(err, LF_EINVAL, "%s: rope_scaling.factor must be >= 1, got %g", ctx, cfg->rope_factor);
+    if (strcmp(type, "linear") == 0) {
+        cfg->rope_type = LF_ROPE_LINEAR;
+        return LF_OK;
+    }
+    if (strcmp(type, "llama3") == 0) {
+        cfg->rope_type = LF_ROPE_LLAMA3;
+        if ((st = lf_json_num(rs, "low_freq_factor", &cfg->rope_low_freq_factor, ctx, err)) ||
+            (st = lf_json_num(rs, "high_freq_factor", &cfg->rope_high_freq_factor, ctx, err)) ||
+            (st = lf_json_int(rs, "original_max_position_embeddings", &cfg->rope_original_max_pos, ctx, err)))
+            return st;
+        if (!(cfg->rope_high_freq_factor > cfg->rope_low_freq_factor) || cfg->rope_original_max_pos <= 0)
+            return lf_err_set(err, LF_EINVAL, "%s: rope_scaling llama3 needs high_freq_factor > low_freq_factor and original_max_position_embeddings > 0", ctx);
+        return LF_OK;
+    }
+    return lf_err_set(err, LF_EUNSUPPORTED, "%s: rope_scaling type \"%s\" is not supported (supported: default, linear, llama3)", ctx, type);
+}
+
+lf_status lf_model_config_load(const char *dir, lf_model_config *cfg, lf_err *err) {
+    char path[4096], gpath[4096];
+    json_t *root = NULL, *gen = NULL;
+    lf_status st = LF_OK;
+    memset(cfg, 0, sizeof *cfg);
+    cfg->bos_id = -1;
+    LF_TRY(lf_path_join(path, sizeof path, dir, "config.json", err));
+    LF_TRY(lf_json_load_file(path, &root, err));
+    if (!json_is_object(root)) {
+        st = lf_err_set(err, LF_EFORMAT, "%s: top level must be an object", path);
+        goto fail;
+    }
+
+    /* architecture: "architectures": ["LlamaForCausalLM"], falling back to model_type */
+    const json_t *archs = json_object_get(root, "architectures");
+    const char *arch = NULL;
+    if (json_is_array(archs) && json_array_size(archs) > 0 && json_is_string(json_array_get(archs, 0)))
+        arch = json_string_value(json_array_get(archs, 0));
+    const char *mtype = NULL;
+    LF_TRY(lf_json_str_opt(root, "model_type", NULL, &mtype, path, err));
+    if (arch ? strcmp(arch, "LlamaForCausalLM") == 0 : (mtype && strcmp(mtype, "llama") == 0))
+        cfg->arch = LF_ARCH_LLAMA;
+    else if (arch ? strcmp(arch, "MistralForCausalLM") == 0 : (mtype && strcmp(mtype, "mistral") == 0))
+        cfg->arch = LF_ARCH_MISTRAL;
+    else if (arch ? strcmp(arch, "Qwen2ForCausalLM") == 0 : (mtype && strcmp(mtype, "qwen2") == 0))
+        cfg->arch = LF_ARCH_QWEN2;
+    else {
+        st = lf_err_set(err, LF_EUNSUPPORTED,
+                        "%s: unknown architecture \"%s\" (model_type \"%s\"); supported: LlamaForCausalLM, "
+                        "MistralForCausalLM, Qwen2ForCausalLM",
+                        path, arch ? arch : "(none)", mtype ? mtype : "(none)");
+        goto fail;
+    }
+    snprintf(cfg->architecture, sizeof cfg->architecture, "%s", lf_arch_name(cfg->arch));
+
+    LF_TRY(lf_json_int(root, "hidden_size", &cfg->C, path, err));
+    LF_TRY(lf_json_int(root, "intermediate_size", &cfg->FF, path, err));
+    LF_TRY(lf_json_int(root, "num_hidden_layers", &cfg->L, path, err));
+    LF_TRY(lf_json_int(root, "num_attention_heads", &cfg->H, path, err));
+    LF_TRY(lf_json_int(root, "vocab_size", &cfg->V, path, err));
+    LF_TRY(lf_json_int_opt(root, "num_key_value_heads", cfg->H, &cfg->KH, path, err));
+    LF_TRY(lf_json_int_opt(root, "max_position_embeddings", 2048, &cfg->max_pos, path, err));
+    double d;
+    LF_TRY(lf_json_num_opt(root, "rms_norm_eps", 1e-6, &d, path, err));
+    cfg->rms_eps = (float)d;
+    LF_TRY(lf_json_num_opt(root, "rope_theta", 10000.0, &cfg->rope_theta, path, err));
+    LF_TRY(lf_json_bool_opt(root, "tie_word_embeddings", 0, &cfg->tie_embeddings, path, err));
+    const char *tdt = NULL;
+    LF_TRY(lf_json_str_opt(root, "torch_dtype", "float32", &tdt, path, err));
+    snprintf(cfg->torch_dtype, sizeof cfg->torch_dtype, "%s", tdt);
+
+    if (cfg->C <= 0 || cfg->FF <= 0 || cfg->L <= 0 || cfg->H <= 0 || cfg->V <= 0 || cfg->KH <= 0 || cfg->max_pos <= 0) {
+        st = lf_err_set(err, LF_EINVAL, "%s: sizes must be positive (hidden_size %lld, intermediate_size %lld, "
+                        "num_hidden_layers %lld, num_attention_heads %lld, num_key_value_heads %lld, vocab_size %lld)",
+                        path, (long long)cfg->C, (long long)cfg->FF, (long long)cfg->L, (long long)cfg->H,
+                        (long long)cfg->KH, (long long)cfg->V);
+        goto fail;
+    }
+    if (cfg->L > LF_MAX_LAYERS) {
+        st = lf_err_set(err, LF_EUNSUPPORTED, "%s: num_hidden_layers %lld exceeds the supported %d", path, (long long)cfg->L, LF_MAX_LAYERS);
+        goto fail;
+    }
+    if (cfg->H % cfg->KH != 0) {
+        st = lf_err_set(err, LF_EINVAL, "%s: num_attention_heads %lld is not a multiple of num_key_value_heads %lld", path,
+                        (long long)cfg->H, (long long)cfg->KH);
+        goto fail;
+    }
+    /* head_dim: honoured by Mistral and newer Llama/Qwen2 configs; transformers 4.44's Llama/Qwen2 always
+     * use hidden/heads, and real configs only set head_dim to that same value. */
+    int64_t hd_default = cfg->C % cfg->H == 0 ? cfg->C / cfg->H : 0;
+    LF_TRY(lf_json_int_opt(root, "head_dim", hd_default, &cfg->D, path, err));
+    if (cfg->D <= 0 || cfg->D % 2 != 0 || cfg->D > LF_MAX_HEAD_DIM) {
+        st = lf_err_set(err, LF_EINVAL, "%s: head_dim %lld must be even, positive and <= %d (hidden_size %lld, heads %lld)",
+                        path, (long long)cfg->D, LF_MAX_HEAD_DIM, (long long)cfg->C, (long long)cfg->H);
+        goto fail;
+    }
+    if (!(cfg->rms_eps > 0) || !(cfg->rope_theta > 0)) {
+        st = lf_err_set(err, LF_EINVAL, "%s: rms_norm_eps and rope_theta must be > 0", path);
+        goto fail;
+    }
+
+    /* biases */
+    if (cfg->arch == LF_ARCH_QWEN2) {
+        cfg->qkv_bias = 1;
+    } else if (cfg->arch == LF_ARCH_LLAMA) {
+        int ab = 0, mb = 0;
+        LF_TRY(lf_json_bool_opt(root, "attention_bias", 0, &ab, path, err));
+        LF_TRY(lf_json_bool_opt(root, "mlp_bias", 0, &mb, path, err));
+        cfg->qkv_bias = cfg->o_bias = ab;
+        cfg->mlp_bias = mb;
+    }
+
+    /* sliding window: Mistral on every layer when set; Qwen2 only with use_sliding_window, on layers
+     * >= max_window_layers */
+    int64_t sw = 0;
+    LF_TRY(lf_json_int_opt(root, "sliding_window", 0, &sw, path, err));
+    if (sw < 0) {
+        st = lf_err_set(err, LF_EINVAL, "%s: sliding_window must be >= 0 or null, got %lld", path, (long long)sw);
+        goto fail;
+    }
+    int64_t first_window_layer = 0;
+    if (cfg->arch == LF_ARCH_QWEN2) {
+        int use = 0;
+        LF_TRY(lf_json_bool_opt(root, "use_sliding_window", 0, &use, path, err));
+        if (!use) sw = 0;
+        LF_TRY(lf_json_int_opt(root, "max_window_layers", 0, &first_window_layer, path, err));
+    } else if (cfg->arch == LF_ARCH_LLAMA) {
+        sw = 0;
+    }
+    for (int64_t l = 0; l < cfg->L; l++) cfg->window[l] = l >= first_window_layer ? sw : 0;
+
+    LF_TRY(read_rope_scaling(root, cfg, path, err));
+    int64_t bos;
+    LF_TRY(lf_json_int_opt(root, "bos_token_id", -1, &bos, path, err));
+    cfg->bos_id = bos;
+    LF_TRY(read_eos(root, "eos_token_id", cfg, path, err));
+
+    /* generation_config.json overrides bos/eos when present */
+    LF_TRY(lf_path_join(gpath, sizeof gpath, dir, "generation_config.json", err));
+    if (lf_path_exists(gpath)) {
+        LF_TRY(lf_json_load_file(gpath, &gen, err));
+        LF_TRY(lf_json_int_opt(gen, "bos_token_id", cfg->bos_id, &bos, gpath, err));
+        cfg->bos_id = bos;
+        LF_TRY(read_eos(gen, "eos_token_id", cfg, gpath, err));
+    }
+    json_decref(root);
+    json_decref(gen);
+    return LF_OK;
+fail:
+    json_decref(root);
+    json_decref(gen);
+    return st;
+}
+
+void lf_model_config_inv_freq(const lf_model_config *cfg, float *inv_freq) {
+    int64_t D = cfg->D;
+    for (int64_t i = 0; i < D / 2; i++) {
+        /* transformers: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), in float32 */
+        float expo = (float)(2 * i) / (float)D;
+        float f = 1.0f / powf((float)cfg->rope_theta, expo);
+        if (cfg->rope_type == LF_ROPE_LINEAR) {
+            f = f / (float)cfg->rope_factor;
+        } else if (cfg->rope_type == LF_ROPE_LLAMA3) {
+            /* modeling_rope_utils._compute_llama3_parameters */
+            double L0 = (double)cfg->rope_original_max_pos;
+            double lo_wl = L0 / cfg->rope_low_freq_factor, hi_wl = L0 / cfg->rope_high_freq_factor;
+            double wl = 2.0 * M_PI / (double)f;
+            if (wl > lo_wl) {
+                f = (float)((double)f / cfg->rope_factor);
+            } else if (wl >= hi_wl) {
+                double s = (L0 / wl - cfg->rope_low_freq_factor) / (cfg->rope_high_freq_factor - cfg->rope_low_freq_factor);
+                f = (float)((1.0 - s) * (double)f / cfg->rope_factor + s * (double)f);
+            }
+        }
+        inv_freq[i] = f;
+    }
+}

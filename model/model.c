@@ -1,0 +1,307 @@
+/* model.c - Llama-family forward pass (inference) written once against the backend op table.
+ *
+ * Layout per layer (HF names): input_layernorm -> q/k/v_proj (+bias) -> RoPE -> causal GQA attention
+ * (optional sliding window) -> o_proj -> residual -> post_attention_layernorm -> gate/up -> SwiGLU ->
+ * down_proj -> residual. Final norm, then lm_head (tied to embed_tokens when tie_word_embeddings).
+ * KV cache: per layer k, v [S, KH, D] f32, contiguous; row p holds position p. */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "core/safetensors.h"
+
+typedef struct lf_layer {
+    lf_tensor wq, wk, wv, wo;          /* [H*D, C], [KH*D, C], [KH*D, C], [C, H*D] */
+    lf_tensor wgate, wup, wdown;       /* [FF, C], [FF, C], [C, FF] */
+    float *bq, *bk, *bv, *bo;          /* [H*D], [KH*D], [KH*D], [C] or NULL */
+    float *bgate, *bup, *bdown;        /* [FF], [FF], [C] or NULL */
+    float *ln1, *ln2;                  /* [C] */
+} lf_layer;
+
+struct lf_model {
+    lf_model_config cfg;
+    lf_backend *be;      /* borrowed */
+    lf_st_model *st;     /* owned: the mmapped files */
+    char dir[1024];      /* model directory, for messages */
+    lf_tensor wte;       /* [V, C] */
+    lf_tensor lm_head;   /* [V, C] (== wte when tied) */
+    float *norm_f;       /* [C] */
+    float *inv_freq;     /* [D/2] */
+    lf_layer *layers;    /* [L] */
+    float *small;        /* owned: f32 copies of every 1-D tensor, one allocation */
+    int64_t weight_bytes;
+};
+
+struct lf_session {
+    lf_model *m;          /* borrowed */
+    int64_t S, Tc, pos;   /* cache capacity, max chunk, positions filled */
+    float *kcache, *vcache; /* [L, S, KH, D] */
+    float *x, *xb, *xb2;  /* [Tc, C] */
+    float *q, *att;       /* [Tc, H*D] */
+    float *hb, *hb2;      /* [Tc, FF] */
+    float *logits;        /* [Tc, V] */
+    int32_t *posbuf;      /* [Tc] */
+    void *block;          /* the one allocation all of the above are carved from */
+};
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* weight loading                                                                                        */
+
+static lf_status get_tensor(lf_model *m, const char *name, int ndim, const int64_t *shape, int required,
+                            const lf_st_tensor **out, lf_err *err) {
+    *out = NULL;
+    const lf_st_file *file = NULL;
+    const lf_st_tensor *t = lf_st_model_find(m->st, name, &file);
+    if (!t) {
+        if (!required) return LF_OK;
+        return lf_err_set(err, LF_ENOTFOUND, "tensor '%s' is missing from the checkpoint in %s (config.json "
+                          "says %s)", name, m->dir, m->cfg.architecture);
+    }
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
+    if (!ok) {
+        char want[96] = "", got[96] = "";
+        size_t o = 0;
+        for (int i = 0; i < ndim; i++) o += (size_t)snprintf(want + o, sizeof want - o, i ? ", %lld" : "%lld", (long long)shape[i]);
+        o = 0;
+        for (int i = 0; i < t->ndim && o < sizeof got; i++) o += (size_t)snprintf(got + o, sizeof got - o, i ? ", %lld" : "%lld", (long long)t->shape[i]);
+        return lf_err_set(err, LF_EFORMAT, "%s: tensor '%s' has shape [%s], expected [%s] from config.json",
+                          file ? lf_st_path(file) : "?", name, got, want);
+    }
+    if (t->dtype != LF_DTYPE_F32 && t->dtype != LF_DTYPE_BF16 && t->dtype != LF_DTYPE_F16)
+        return lf_err_set(err, LF_EUNSUPPORTED, "%s: tensor '%s' has dtype %s; supported: F32, BF16, F16",
+                          file ? lf_st_path(file) : "?", name, lf_dtype_name(t->dtype));
+    *out = t;
+    return LF_OK;
+}
+
+static lf_status load_matrix(lf_model *m, const char *name, int64_t rows, int64_t cols, lf_tensor *dst, lf_err *err) {
+    const lf_st_tensor *t;
+    int64_t shape[2] = {rows, cols};
+    lf_status st = get_tensor(m, name, 2, shape, 1, &t, err);
+    if (st) return st;
+    *dst = lf_tensor_view((void *)t->data, t->dtype, 2, shape);
+    m->weight_bytes += (int64_t)lf_tensor_nbytes(dst);
+    return LF_OK;
+}
+
+/* 1-D tensor -> f32 copy carved from *cursor. Missing optional tensors leave *dst NULL. */
+static lf_status load_vector(lf_model *m, const char *name, int64_t n, int required, float **cursor, float **dst,
+                             lf_err *err) {
+    const lf_st_tensor *t;
+    int64_t shape[1] = {n};
+    *dst = NULL;
+    lf_status st = get_tensor(m, name, 1, shape, required, &t, err);
+    if (st || !t) return st;
+    *dst = *cursor;
+    *cursor += n;
+    return lf_to_f32_n(*dst, t->data, t->dtype, n, err);
+}
+
+lf_status lf_model_load(const char *dir, lf_backend *be, lf_model **out, lf_err *err) {
+    lf_status st = LF_OK;
+    char name[256];
+    *out = NULL;
+    if (be->device != LF_DEVICE_CPU) return lf_err_set(err, LF_EUNSUPPORTED, "model forward runs on the cpu backend only for now (got %s)", be->name);
+    lf_model *m = calloc(1, sizeof *m);
+    LF_CHECK_ALLOC(m, err);
+    m->be = be;
+    snprintf(m->dir, sizeof m->dir, "%s", dir);
+    LF_TRY(lf_model_config_load(dir, &m->cfg, err));
+    LF_TRY(lf_st_model_open(dir, &m->st, err));
+    const lf_model_config *c = &m->cfg;
+    int64_t C = c->C, FF = c->FF, H = c->H, KH = c->KH, D = c->D, V = c->V;
+
+    m->layers = calloc((size_t)c->L, sizeof *m->layers);
+    LF_CHECK_ALLOC(m->layers, err);
+    /* all 1-D weights: per layer 2 norms + biases, plus final norm, plus inv_freq */
+    int64_t per_layer = 2 * C + (H * D + 2 * KH * D) + C + 2 * FF + C;
+    m->small = malloc((size_t)(per_layer * c->L + C + D / 2) * sizeof(float));
+    LF_CHECK_ALLOC(m->small, err);
+    float *cur = m->small;
+
+    LF_TRY(load_matrix(m, "model.embed_tokens.weight", V, C, &m->wte, err));
+    m->weight_bytes -= (int64_t)lf_tensor_nbytes(&m->wte); /* embedding reads one row per token */
+    if (c->tie_embeddings) {
+        m->lm_head = m->wte;
+    } else {
+        LF_TRY(load_matrix(m, "lm_head.weight", V, C, &m->lm_head, err));
+    }
+    if (c->tie_embeddings) m->weight_bytes += (int64_t)lf_tensor_nbytes(&m->lm_head);
+    LF_TRY(load_vector(m, "model.norm.weight", C, 1, &cur, &m->norm_f, err));
+
+    for (int64_t l = 0; l < c->L; l++) {
+        lf_layer *ly = &m->layers[l];
+#define LNAME(suffix) (snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)l, suffix), name)
+        LF_TRY(load_matrix(m, LNAME("self_attn.q_proj.weight"), H * D, C, &ly->wq, err));
+        LF_TRY(load_matrix(m, LNAME("self_attn.k_proj.weight"), KH * D, C, &ly->wk, err));
+        LF_TRY(load_matrix(m, LNAME("self_attn.v_proj.weight"), KH * D, C, &ly->wv, err));
+        LF_TRY(load_matrix(m, LNAME("self_attn.o_proj.weight"), C, H * D, &ly->wo, err));
+        LF_TRY(load_matrix(m, LNAME("mlp.gate_proj.weight"), FF, C, &ly->wgate, err));
+        LF_TRY(load_matrix(m, LNAME("mlp.up_proj.weight"), FF, C, &ly->wup, err));
+        LF_TRY(load_matrix(m, LNAME("mlp.down_proj.weight"), C, FF, &ly->wdown, err));
+        LF_TRY(load_vector(m, LNAME("input_layernorm.weight"), C, 1, &cur, &ly->ln1, err));
+        LF_TRY(load_vector(m, LNAME("post_attention_layernorm.weight"), C, 1, &cur, &ly->ln2, err));
+        if (c->qkv_bias) {
+            LF_TRY(load_vector(m, LNAME("self_attn.q_proj.bias"), H * D, 1, &cur, &ly->bq, err));
+            LF_TRY(load_vector(m, LNAME("self_attn.k_proj.bias"), KH * D, 1, &cur, &ly->bk, err));
+            LF_TRY(load_vector(m, LNAME("self_attn.v_proj.bias"), KH * D, 1, &cur, &ly->bv, err));
+        }
+        if (c->o_bias) LF_TRY(load_vector(m, LNAME("self_attn.o_proj.bias"), C, 1, &cur, &ly->bo, err));
+        if (c->mlp_bias) {
+            LF_TRY(load_vector(m, LNAME("mlp.gate_proj.bias"), FF, 1, &cur, &ly->bgate, err));
+            LF_TRY(load_vector(m, LNAME("mlp.up_proj.bias"), FF, 1, &cur, &ly->bup, err));
+            LF_TRY(load_vector(m, LNAME("mlp.down_proj.bias"), C, 1, &cur, &ly->bdown, err));
+        }
+#undef LNAME
+    }
+    m->inv_freq = cur;
+    cur += D / 2;
+    lf_model_config_inv_freq(c, m->inv_freq);
+    LF_LOG(LF_LOG_DEBUG, "loaded %s: L=%lld C=%lld H=%lld KH=%lld D=%lld FF=%lld V=%lld", c->architecture,
+           (long long)c->L, (long long)C, (long long)H, (long long)KH, (long long)D, (long long)FF, (long long)V);
+    *out = m;
+    return LF_OK;
+fail:
+    if (err && m && err->msg[0] == '\0') lf_err_set(err, st, "cannot load model from %s", dir);
+    lf_model_free(m);
+    return st ? st : LF_ENOMEM;
+}
+
+void lf_model_free(lf_model *m) {
+    if (!m) return;
+    lf_st_model_close(m->st);
+    free(m->layers);
+    free(m->small);
+    free(m);
+}
+
+const lf_model_config *lf_model_get_config(const lf_model *m) { return &m->cfg; }
+int64_t lf_model_weight_bytes(const lf_model *m) { return m->weight_bytes; }
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* session                                                                                               */
+
+lf_status lf_session_create(lf_model *m, int64_t max_seq, int64_t max_chunk, lf_session **out, lf_err *err) {
+    lf_status st = LF_OK;
+    *out = NULL;
+    const lf_model_config *c = &m->cfg;
+    if (max_seq <= 0 || max_chunk <= 0)
+        return lf_err_set(err, LF_EINVAL, "session: max_seq (%lld) and max_chunk (%lld) must be > 0", (long long)max_seq, (long long)max_chunk);
+    if (max_chunk > max_seq) max_chunk = max_seq;
+    lf_session *s = calloc(1, sizeof *s);
+    LF_CHECK_ALLOC(s, err);
+    s->m = m;
+    s->S = max_seq;
+    s->Tc = max_chunk;
+    int64_t Tc = max_chunk, kv = c->L * max_seq * c->KH * c->D;
+    /* one allocation, carved: sizes in floats, each piece rounded to 16 floats (64 bytes) */
+    int64_t sizes[10] = {kv, kv, Tc * c->C, Tc * c->C, Tc * c->C, Tc * c->H * c->D, Tc * c->H * c->D,
+                         Tc * c->FF, Tc * c->FF, Tc * c->V};
+    float **dst[10] = {&s->kcache, &s->vcache, &s->x, &s->xb, &s->xb2, &s->q, &s->att, &s->hb, &s->hb2, &s->logits};
+    int64_t total = Tc; /* posbuf (int32 fits in a float slot) */
+    for (int i = 0; i < 10; i++) total += (sizes[i] + 15) / 16 * 16;
+    s->block = m->be->ops->alloc(m->be, (size_t)total * sizeof(float));
+    if (!s->block) {
+        st = lf_err_set(err, LF_ENOMEM, "session: cannot allocate %.1f MiB for KV cache (%lld positions) and activations",
+                        (double)total * 4 / (1 << 20), (long long)max_seq);
+        goto fail;
+    }
+    float *p = (float *)s->block;
+    for (int i = 0; i < 10; i++) {
+        *dst[i] = p;
+        p += (sizes[i] + 15) / 16 * 16;
+    }
+    s->posbuf = (int32_t *)p;
+    *out = s;
+    return LF_OK;
+fail:
+    lf_session_free(s);
+    return st ? st : LF_ENOMEM;
+}
+
+void lf_session_free(lf_session *s) {
+    if (!s) return;
+    if (s->block) s->m->be->ops->free(s->m->be, s->block);
+    free(s);
+}
+
+int64_t lf_session_pos(const lf_session *s) { return s->pos; }
+void lf_session_reset(lf_session *s) { s->pos = 0; }
+
+#define OP(call)                                                                          \
+    do {                                                                                  \
+        if ((call) != LF_OK) {                                                            \
+            st = lf_err_set(err, be->err.code ? be->err.code : LF_EINVAL, "%s", be->err.msg); \
+            goto fail;                                                                    \
+        }                                                                                 \
+    } while (0)
+
+/* One chunk of T <= Tc tokens at positions pos..pos+T-1. */
+static lf_status forward_chunk(lf_session *s, const int32_t *tokens, int64_t T, float *logits, int last_only, lf_err *err) {
+    lf_status st = LF_OK;
+    lf_model *m = s->m;
+    lf_backend *be = m->be;
+    const lf_backend_ops *ops = be->ops;
+    const lf_model_config *c = &m->cfg;
+    int64_t C = c->C, FF = c->FF, H = c->H, KH = c->KH, D = c->D, V = c->V, S = s->S;
+    int64_t p0 = s->pos;
+    float scale = 1.0f / sqrtf((float)D);
+    for (int64_t t = 0; t < T; t++) s->posbuf[t] = (int32_t)(p0 + t);
+
+    OP(ops->embedding_forward(be, s->x, tokens, &m->wte, T));
+    for (int64_t l = 0; l < c->L; l++) {
+        const lf_layer *ly = &m->layers[l];
+        float *kc = s->kcache + l * S * KH * D, *vc = s->vcache + l * S * KH * D;
+        float *k_new = kc + p0 * KH * D, *v_new = vc + p0 * KH * D; /* [T, KH*D] rows of the cache */
+        OP(ops->rmsnorm_forward(be, s->xb, s->x, ly->ln1, T, C, c->rms_eps));
+        OP(ops->matmul_forward(be, s->q, s->xb, &ly->wq, ly->bq, T, C, H * D));
+        OP(ops->matmul_forward(be, k_new, s->xb, &ly->wk, ly->bk, T, C, KH * D));
+        OP(ops->matmul_forward(be, v_new, s->xb, &ly->wv, ly->bv, T, C, KH * D));
+        OP(ops->rope_forward(be, s->q, s->posbuf, m->inv_freq, T, H, D));
+        OP(ops->rope_forward(be, k_new, s->posbuf, m->inv_freq, T, KH, D));
+        OP(ops->attention_forward(be, s->att, s->q, kc, vc, s->posbuf, T, p0 + T, H, KH, D, c->window[l], scale));
+        OP(ops->matmul_forward(be, s->xb2, s->att, &ly->wo, ly->bo, T, H * D, C));
+        OP(ops->residual_forward(be, s->x, s->x, s->xb2, T * C));
+        OP(ops->rmsnorm_forward(be, s->xb, s->x, ly->ln2, T, C, c->rms_eps));
+        OP(ops->matmul_forward(be, s->hb, s->xb, &ly->wgate, ly->bgate, T, C, FF));
+        OP(ops->matmul_forward(be, s->hb2, s->xb, &ly->wup, ly->bup, T, C, FF));
+        OP(ops->swiglu_forward(be, s->hb, s->hb, s->hb2, T * FF));
+        OP(ops->matmul_forward(be, s->xb2, s->hb, &ly->wdown, ly->bdown, T, FF, C));
+        OP(ops->residual_forward(be, s->x, s->x, s->xb2, T * C));
+    }
+    s->pos = p0 + T;
+    if (!logits) return LF_OK;
+    int64_t first = last_only ? T - 1 : 0, rows = T - first;
+    OP(ops->rmsnorm_forward(be, s->xb, s->x + first * C, m->norm_f, rows, C, c->rms_eps));
+    OP(ops->matmul_forward(be, s->logits, s->xb, &m->lm_head, NULL, rows, C, V));
+    OP(ops->download(be, logits, s->logits, (size_t)(rows * V) * sizeof(float)));
+    return LF_OK;
+fail:
+    return st;
+}
+
+lf_status lf_session_forward(lf_session *s, const int32_t *tokens, int64_t T, float *logits, int last_only, lf_err *err) {
+    const lf_model_config *c = &s->m->cfg;
+    if (T <= 0) return lf_err_set(err, LF_EINVAL, "forward: no tokens");
+    if (s->pos + T > s->S)
+        return lf_err_set(err, LF_EINVAL, "forward: %lld cached + %lld new tokens exceed the session's %lld positions",
+                          (long long)s->pos, (long long)T, (long long)s->S);
+    for (int64_t t = 0; t < T; t++)
+        if (tokens[t] < 0 || tokens[t] >= c->V)
+            return lf_err_set(err, LF_EINVAL, "forward: token id %d at position %lld is outside the vocabulary [0, %lld)",
+                              tokens[t], (long long)t, (long long)c->V);
+    for (int64_t done = 0; done < T;) {
+        int64_t n = T - done < s->Tc ? T - done : s->Tc;
+        /* with last_only, earlier chunks only fill the cache and skip the lm_head */
+        float *dst = last_only ? (done + n == T ? logits : NULL) : logits + done * c->V;
+        lf_status st = forward_chunk(s, tokens + done, n, dst, last_only, err);
+        if (st) return st;
+        done += n;
+    }
+    return LF_OK;
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# setup-tests.sh BUILD_DIR - the oracle virtualenv under BUILD_DIR/venv: Debian's python3-torch (system site
+# packages; it reports 1.13.0a0, so PyPI packages are installed with --no-deps to keep pip from pulling a
+# CUDA torch) plus pinned transformers/tokenizers/safetensors/numpy and their pure-Python needs.
+# Idempotent: skipped when the venv already imports everything at the pinned versions.
+set -euo pipefail
+BUILD=${1:?usage: setup-tests.sh BUILD_DIR}
+VENV="$BUILD/venv"
+PY=/usr/bin/python3
+PINS=(
+  transformers==4.44.2 tokenizers==0.19.1 safetensors==0.4.5 numpy==1.26.4 huggingface-hub==0.24.6
+  regex==2024.9.11 tqdm==4.66.5 filelock==3.16.1 fsspec==2024.9.0 packaging==24.1 pyyaml==6.0.2
+  requests==2.32.3 urllib3==2.2.3 idna==3.10 certifi==2024.8.30 charset-normalizer==3.4.0 typing-extensions==4.12.2
+)
+check='import torch, transformers, tokenizers, safetensors, numpy
+assert transformers.__version__ == "4.44.2" and tokenizers.__version__ == "0.19.1" and safetensors.__version__ == "0.4.5" and numpy.__version__ == "1.26.4"'
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "$check" 2>/dev/null; then
+  echo "setup-tests: $VENV ready"; exit 0
+fi
+mkdir -p "$BUILD"
+$PY -m venv --system-site-packages "$VENV"
+"$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "${PINS[@]}"
+"$VENV/bin/python" -c "$check"
+"$VENV/bin/python" -c 'import torch, transformers; print(f"setup-tests: torch {torch.__version__}, transformers {transformers.__version__}")'
