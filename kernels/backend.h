@@ -4,9 +4,13 @@
  *  - Activations are f32 row-major in the backend's memory; weights are lf_tensor views (F32, BF16 or F16)
  *    in the backend's memory, never modified by an op.
  *  - Shape letters: T tokens, C channels (in), OC channels (out), H query heads, KH key/value heads,
- *    D head dim, S cached positions, V vocab, N flat element count.
+ *    D head dim, S cached positions, V vocab, R rows, N flat element count.
+ *  - One thread at a time per backend: ops share the backend's thread pool, scratch and `err`.
+ *  - Shapes are checked: matmul wants weight [OC, C] and out not overlapping inp; token ids in [0, V);
+ *    attention wants 0 <= pos[t] < S and H % KH == 0; rope and attention want D even and <= 512.
+ *    Violations return LF_EINVAL with the op and the values in be->err.
  *  - Ops return LF_OK or fill be->err and return its code (CUDA errors, unsupported dtypes). An op left
- *    NULL in a table is unsupported by that backend: callers check lf_backend_supports().
+ *    NULL in a table is unsupported by that backend: callers check LF_BACKEND_SUPPORTS(be, op).
  *  - Ops never allocate per call on the CPU; scratch lives in the backend context sized at create time. */
 #ifndef LF_KERNELS_BACKEND_H
 #define LF_KERNELS_BACKEND_H
@@ -30,7 +34,7 @@ typedef struct lf_backend_ops {
     void (*free)(lf_backend *be, void *ptr);                 /* NULL is a no-op */
     lf_status (*upload)(lf_backend *be, void *dst, const void *host_src, size_t nbytes);
     lf_status (*download)(lf_backend *be, void *host_dst, const void *src, size_t nbytes);
-    lf_status (*copy)(lf_backend *be, void *dst, const void *src, size_t nbytes); /* within the backend */
+    lf_status (*copy)(lf_backend *be, void *dst, const void *src, size_t nbytes); /* within the backend; may overlap */
     lf_status (*synchronize)(lf_backend *be);
 
     /* ---- inference ops ---- */
@@ -82,7 +86,7 @@ int lf_backend_cuda_built(void);
 /* Frees any backend. NULL is a no-op. */
 void lf_backend_free(lf_backend *be);
 
-/* Offsetof-based check that an op slot is filled, e.g. LF_BACKEND_SUPPORTS(be, matmul_forward). */
+/* 1 when the backend implements op, e.g. LF_BACKEND_SUPPORTS(be, matmul_forward). */
 #define LF_BACKEND_SUPPORTS(be, op) ((be)->ops->op != NULL)
 
 #ifdef __cplusplus
