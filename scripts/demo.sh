@@ -11,10 +11,11 @@ LF=build/loraforge
 OUT=${DEMO_DIR:-build/demo}
 rm -rf "$OUT"; mkdir -p "$OUT"
 TOK=""
+# the real Llama-2 tokenizer files travel with the model when ../shared is beside the checkout
 [ -f ../shared/data/tokenizers/llama2/tokenizer.json ] && TOK="--tokenizer ../shared/data/tokenizers/llama2"
 echo "== make-tiny: a random Llama with GQA (bf16) =="
 $LF make-tiny --arch llama --out "$OUT/tiny-llama" --hidden 256 --layers 4 --heads 8 --kv-heads 2 \
-  --intermediate 512 --dtype bf16 --seed 1 $TOK
+  --intermediate 512 --vocab 32000 --dtype bf16 --seed 1 $TOK
 echo "== inspect =="
 $LF inspect "$OUT/tiny-llama" | tail -n 6
 echo "== score: logits for 8 tokens =="
