@@ -129,6 +129,7 @@ int lf_cmd_generate(int argc, char **argv) {
         }
     }
     printf("\n");
+    fflush(stdout);
     double t2 = now_s();
     fprintf(stderr, "loraforge generate: prompt %lld tokens in %.3f s (%.1f tok/s), generated %lld tokens in %.3f s (%.1f tok/s)\n",
             (long long)T, t1 - t0, (double)T / (t1 - t0 + 1e-12), (long long)ngen, t2 - t1, (double)ngen / (t2 - t1 + 1e-12));
