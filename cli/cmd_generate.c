@@ -8,15 +8,18 @@
 #include "kernels/backend.h"
 #include "model/model.h"
 #include "model/sampler.h"
+#include "model/tokenizer.h"
 
 static const char *CMD = "generate";
 
 static void help(void) {
     printf("usage: loraforge generate --model DIR (--tokens \"1 2 3\" | --prompt TEXT) [options]\n\n"
-           "Prints the generated token ids (space separated) on stdout; timing on stderr.\n\n"
+           "With --tokens, prints the generated token ids (space separated); with --prompt, streams the\n"
+           "generated text (the prompt is encoded with the model's tokenizer, BOS as its config says).\n"
+           "Timing goes to stderr.\n\n"
            "  --model DIR           Hugging Face model directory\n"
            "  --tokens IDS          prompt token ids\n"
-           "  --prompt TEXT         prompt text (needs the tokenizer: not available in this build yet)\n"
+           "  --prompt TEXT         prompt text (needs tokenizer.json in the model directory)\n"
            "  --max-new-tokens N    tokens to generate (default 32)\n"
            "  --temperature T       0 = greedy (default 0)\n"
            "  --top-k K             keep the K most likely tokens (default 0 = off)\n"
@@ -69,15 +72,32 @@ int lf_cmd_generate(int argc, char **argv) {
         lf_cli_error(CMD, "--model and exactly one of --tokens / --prompt are required (see --help)");
         return 2;
     }
-    if (prompt) {
-        lf_cli_error(CMD, "--prompt needs the tokenizer, which this build does not have yet; pass --tokens");
-        return 2;
-    }
     int32_t *tokens = NULL;
     int64_t T = 0;
-    if (lf_cli_parse_tokens(CMD, tokens_s, &tokens, &T)) return 2;
     int rc = 1;
     lf_err err = {0};
+    lf_tokenizer *tok = NULL;
+    lf_tokenizer_stream *stream = NULL;
+    if (prompt) {
+        if (lf_tokenizer_load(model_dir, &tok, &err) ||
+            lf_tokenizer_encode(tok, prompt, strlen(prompt), 1, &tokens, &T, &err) ||
+            lf_tokenizer_stream_create(tok, 1, &stream, &err)) {
+            lf_cli_error(CMD, "%s", err.msg);
+            lf_tokenizer_stream_free(stream);
+            lf_tokenizer_free(tok);
+            free(tokens);
+            return 1;
+        }
+        if (T == 0) {
+            lf_cli_error(CMD, "--prompt encodes to no tokens");
+            lf_tokenizer_stream_free(stream);
+            lf_tokenizer_free(tok);
+            free(tokens);
+            return 2;
+        }
+    } else if (lf_cli_parse_tokens(CMD, tokens_s, &tokens, &T)) {
+        return 2;
+    }
     lf_backend *be = lf_backend_cpu_create((int)threads);
     lf_model *m = NULL;
     lf_session *s = NULL;
@@ -114,10 +134,20 @@ int lf_cmd_generate(int argc, char **argv) {
     int64_t ngen = 0;
     for (; ngen < max_new; ngen++) {
         int32_t next = lf_sampler_sample(smp, logits);
-        printf(ngen ? " %d" : "%d", next);
-        fflush(stdout);
         int is_eos = 0;
         for (int e = 0; e < cfg->n_eos; e++) is_eos |= next == cfg->eos_ids[e];
+        if (stream) {
+            const char *piece = NULL;
+            size_t plen = 0;
+            if (lf_tokenizer_stream_push(stream, next, &piece, &plen, &err)) {
+                lf_cli_error(CMD, "%s", err.msg);
+                goto done;
+            }
+            fwrite(piece, 1, plen, stdout);
+        } else {
+            printf(ngen ? " %d" : "%d", next);
+        }
+        fflush(stdout);
         if (is_eos && !ignore_eos) {
             ngen++;
             break;
@@ -128,6 +158,11 @@ int lf_cmd_generate(int argc, char **argv) {
             goto done;
         }
     }
+    if (stream) {
+        const char *piece = NULL;
+        size_t plen = 0;
+        if (lf_tokenizer_stream_flush(stream, &piece, &plen, &err) == LF_OK) fwrite(piece, 1, plen, stdout);
+    }
     printf("\n");
     fflush(stdout);
     double t2 = now_s();
@@ -135,6 +170,8 @@ int lf_cmd_generate(int argc, char **argv) {
             (long long)T, t1 - t0, (double)T / (t1 - t0 + 1e-12), (long long)ngen, t2 - t1, (double)ngen / (t2 - t1 + 1e-12));
     rc = 0;
 done:
+    lf_tokenizer_stream_free(stream);
+    lf_tokenizer_free(tok);
     free(logits);
     free(tokens);
     lf_sampler_free(smp);

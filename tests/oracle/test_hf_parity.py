@@ -107,6 +107,33 @@ def main():
             print(f"FAIL {name}: {e}")
             failed += 1
         print(f"  ({time.time() - t0:.1f} s)")
+    # generate --prompt: our tokenizer + model + streaming decode vs tokenizers + transformers greedy
+    shared = os.environ.get("LF_SHARED", os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared"))
+    tokdir = os.path.join(shared, "data", "tokenizers", "phi-2")
+    d = os.path.join(args.workdir, "qwen2-with-phi2-tokenizer")
+    try:
+        import tokenizers
+        run([args.bin, "make-tiny", "--arch", "qwen2", "--out", d, "--seed", str(int(rng.integers(1 << 31))),
+             "--init-std", "0.05", "--hidden", "64", "--heads", "4", "--kv-heads", "2", "--intermediate", "96",
+             "--tokenizer", tokdir])
+        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager")
+        tk = tokenizers.Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+        prompt = "The quick brown fox, naïve café 東京 🦊"
+        seq = tk.encode(prompt, add_special_tokens=True).ids
+        n0 = len(seq)
+        with torch.no_grad():
+            for _ in range(GEN_STEPS):
+                seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+        want = tk.decode(seq[n0:], skip_special_tokens=True)
+        got = run([args.bin, "generate", "--model", d, "--prompt", prompt, "--max-new-tokens", str(GEN_STEPS), "--ignore-eos"])
+        got = got[:-1] if got.endswith("\n") else got
+        ok = got == want
+        print(f"{'PASS' if ok else 'FAIL'} generate --prompt (phi-2 tokenizer): ours {got!r} ref {want!r}")
+    except Exception as e:
+        ok = False
+        print(f"FAIL generate --prompt: {e}")
+    passed += ok
+    failed += not ok
     print(f"oracle cases ran: {passed + failed}")
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
