@@ -23,4 +23,11 @@ $LF score --model "$OUT/tiny-llama" --tokens "1 450 4996 17354 1701 432 17204 97
 echo "wrote $OUT/logits.npy"
 echo "== generate: greedy, 16 new tokens =="
 $LF generate --model "$OUT/tiny-llama" --tokens "1 450 4996 17354" --max-new-tokens 16 --ignore-eos
+if [ -n "$TOK" ]; then
+  echo "== generate from a text prompt (Llama-2 tokenizer), streamed =="
+  $LF generate --model "$OUT/tiny-llama" --prompt "The capital of France is" --max-new-tokens 12 --ignore-eos
+fi
+echo "== chat-template: the llama3 built-in =="
+printf '[{"role":"system","content":"You are terse."},{"role":"user","content":"Hi!"}]' > "$OUT/messages.json"
+$LF chat-template --template llama3 --messages "$OUT/messages.json" --add-generation-prompt; echo
 echo "== demo done =="
