@@ -21,6 +21,8 @@
 #include "core/status.h"
 #include "core/tensor.h"
 
+struct lf_quant_state; /* quant/quant.h: one 4-bit weight (packed codes + absmax), in the backend's memory */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -63,6 +65,63 @@ typedef struct lf_backend_ops {
     lf_status (*residual_forward)(lf_backend *be, float *out, const float *a, const float *b, int64_t N);
     /* out[R,V] = softmax over each row of inp[R,V]; out may alias inp. */
     lf_status (*softmax_forward)(lf_backend *be, float *out, const float *inp, int64_t R, int64_t V);
+
+    /* ---- 4-bit weights (quant/quant_block.h layout) ---- */
+    /* out[T,OC] = inp[T,C] @ deq(w)^T (+ bias[OC]); w is [OC,C] NF4/FP4, read packed (never a full dequantized
+     * copy). out must not alias inp. */
+    lf_status (*matmul_q4_forward)(lf_backend *be, float *out, const float *inp, const struct lf_quant_state *w,
+                                   const float *bias, int64_t T, int64_t C, int64_t OC);
+
+    /* ---- paged attention (serving) ----
+     * Causal GQA attention of T new queries of ONE sequence over a paged KV cache. kpool, vpool:
+     * [NB, BS, KH, D] (NB blocks of BS token slots); the sequence's logical position j lives in block
+     * block_table[j / BS], slot j % BS. Query t at position pos[t] attends positions
+     * max(0, pos[t]-window+1) .. pos[t]; every attended position's block must be in block_table[0..n_blocks).
+     * q[T,H,D] -> out[T,H,D]. */
+    lf_status (*attention_paged_forward)(lf_backend *be, float *out, const float *q, const float *kpool,
+                                         const float *vpool, const int32_t *block_table, int64_t n_blocks,
+                                         int64_t BS, const int32_t *pos, int64_t T, int64_t H, int64_t KH,
+                                         int64_t D, int64_t window, float scale);
+
+    /* ---- training ops ----
+     * Gradients ACCUMULATE (+=) into every d* output unless said otherwise; the caller zeroes them. A NULL
+     * d* output is skipped. Training sequences may be packed: pos[t] restarts at 0 at each row's first token,
+     * and query t attends keys j with t - pos[t] <= j <= t (and j > t - window when window > 0), so no
+     * attention crosses rows. */
+    /* dinp[T,C] += dout[T,OC] @ weight[OC,C] (weight F32/BF16/F16); dweight[OC,C] (F32, may be NULL)
+     * += dout^T @ inp[T,C]. */
+    lf_status (*matmul_backward)(lf_backend *be, float *dinp, float *dweight, const float *dout, const float *inp,
+                                 const lf_tensor *weight, int64_t T, int64_t C, int64_t OC);
+    /* dinp[T,C] += dout[T,OC] @ deq(w)[OC,C] (frozen 4-bit base: no weight gradient). */
+    lf_status (*matmul_q4_backward)(lf_backend *be, float *dinp, const float *dout, const struct lf_quant_state *w,
+                                    int64_t T, int64_t C, int64_t OC);
+    /* dinp[T,C] += d/dinp of rmsnorm_forward(inp, weight) given dout[T,C] (weight frozen). */
+    lf_status (*rmsnorm_backward)(lf_backend *be, float *dinp, const float *dout, const float *inp,
+                                  const float *weight, int64_t T, int64_t C, float eps);
+    /* In place on dx[T,NH,D]: the gradient through rope_forward (rotation by -angle). Overwrites. */
+    lf_status (*rope_backward)(lf_backend *be, float *dx, const int32_t *pos, const float *inv_freq, int64_t T,
+                               int64_t NH, int64_t D);
+    /* Training attention over the sequence itself (no cache): q[T,H,D], k,v [T,KH,D] -> out[T,H,D] and
+     * lse[T,H] (log-sum-exp of each query's scaled scores, kept for the backward). Masking as above. */
+    lf_status (*attention_train_forward)(lf_backend *be, float *out, float *lse, const float *q, const float *k,
+                                         const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KH,
+                                         int64_t D, int64_t window, float scale);
+    /* dq[T,H,D], dk, dv [T,KH,D] += gradients given dout[T,H,D] and the forward's q, k, v, out, lse. */
+    lf_status (*attention_backward)(lf_backend *be, float *dq, float *dk, float *dv, const float *dout,
+                                    const float *q, const float *k, const float *v, const float *out,
+                                    const float *lse, const int32_t *pos, int64_t T, int64_t H, int64_t KH,
+                                    int64_t D, int64_t window, float scale);
+    /* dgate[N] += dout * d silu(gate)*up / dgate; dup[N] += dout * silu(gate). */
+    lf_status (*swiglu_backward)(lf_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                                 const float *up, int64_t N);
+    /* y[N] += alpha * x[N] (residual backward, LoRA scaling, gradient accumulation). */
+    lf_status (*axpy)(lf_backend *be, float *y, const float *x, float alpha, int64_t N);
+    /* Cross-entropy of R rows of logits[R,V] against targets[R] (-100 = ignored row). losses[R] (overwritten):
+     * logsumexp(row) - row[target], 0 for ignored rows. dlogits[R,V] (overwritten, may alias logits):
+     * (softmax(row) - onehot(target)) * dscale, zeros for ignored rows. The caller feeds the vocabulary in
+     * row chunks so [T,V] is never held whole. */
+    lf_status (*crossentropy_forward_backward)(lf_backend *be, float *losses, float *dlogits, const float *logits,
+                                               const int32_t *targets, int64_t R, int64_t V, float dscale);
 } lf_backend_ops;
 
 struct lf_backend {

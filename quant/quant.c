@@ -595,27 +595,35 @@ typedef struct mm_job {
     const float *inp, *bias;
     const lf_quant_state *W;
     int64_t T, C, OC;
-    float *scratch; /* [threads, MM_ROWS, C] */
+    float *scratch; /* [threads, LF_QUANT_MM_SCRATCH_FLOATS] */
     int simd;
 } mm_job;
 
+/* A tile is MM_ROWS rows of W; its columns are walked in chunks of MM_COLS decoded into the thread's scratch
+ * (rows at stride MM_COLS), so the scratch is a fixed 16 KiB whatever C is. */
+#define MM_COLS (LF_QUANT_MM_SCRATCH_FLOATS / MM_ROWS)
+
 static void mm_run(void *ctx, int64_t begin, int64_t end, int tid) {
     const mm_job *j = ctx;
-    const int64_t C = j->C;
-    float *w = j->scratch + (size_t)tid * MM_ROWS * (size_t)C;
+    const int64_t C = j->C, OC = j->OC;
+    float *w = j->scratch + (size_t)tid * LF_QUANT_MM_SCRATCH_FLOATS;
     for (int64_t tile = begin; tile < end; tile++) {
-        int64_t o0 = tile * MM_ROWS, nr = j->OC - o0 < MM_ROWS ? j->OC - o0 : MM_ROWS;
-        decode_range(j->W, o0 * C, nr * C, w, j->simd);
-        if (nr < MM_ROWS) memset(w + nr * C, 0, (size_t)(MM_ROWS - nr) * (size_t)C * sizeof(float));
-        for (int64_t t = 0; t < j->T; t++) {
-            float res[MM_ROWS];
+        int64_t o0 = tile * MM_ROWS, nr = OC - o0 < MM_ROWS ? OC - o0 : MM_ROWS;
+        for (int64_t t = 0; t < j->T; t++)
+            for (int64_t r = 0; r < nr; r++) j->out[t * OC + o0 + r] = j->bias ? j->bias[o0 + r] : 0.0f;
+        for (int64_t c0 = 0; c0 < C; c0 += MM_COLS) {
+            int64_t cb = C - c0 < MM_COLS ? C - c0 : MM_COLS;
+            for (int64_t r = 0; r < nr; r++) decode_range(j->W, (o0 + r) * C + c0, cb, w + r * cb, j->simd);
+            if (nr < MM_ROWS) memset(w + nr * cb, 0, (size_t)(MM_ROWS - nr) * (size_t)cb * sizeof(float));
+            for (int64_t t = 0; t < j->T; t++) {
+                float res[MM_ROWS];
 #if LF_QUANT_X86
-            if (j->simd) dot4_avx2(res, j->inp + t * C, w, C);
-            else
+                if (j->simd) dot4_avx2(res, j->inp + t * C + c0, w, cb);
+                else
 #endif
-                dot4_portable(res, j->inp + t * C, w, C);
-            for (int64_t r = 0; r < nr; r++)
-                j->out[t * j->OC + o0 + r] = res[r] + (j->bias ? j->bias[o0 + r] : 0.0f);
+                    dot4_portable(res, j->inp + t * C + c0, w, cb);
+                for (int64_t r = 0; r < nr; r++) j->out[t * OC + o0 + r] += res[r];
+            }
         }
     }
 }
@@ -630,18 +638,21 @@ static lf_status mm_check(const float *out, const float *inp, const lf_quant_sta
 }
 
 lf_status lf_quant_matmul_4bit(float *out, const float *inp, const lf_quant_state *W, const float *bias, int64_t T,
-                               int64_t C, int64_t OC, lf_pool *pool, lf_err *err) {
+                               int64_t C, int64_t OC, lf_pool *pool, float *scratch, lf_err *err) {
     lf_status s = mm_check(out, inp, W, T, C, OC, err);
     if (s) return s;
     if (T == 0) return LF_OK;
     pthread_once(&g_lut_once, lut_init);
     int nth = pool ? lf_pool_size(pool) : 1;
-    float *scratch = malloc((size_t)nth * MM_ROWS * (size_t)C * sizeof(float));
-    if (!scratch) return lf_err_set(err, LF_ENOMEM, "quant matmul: out of memory for %d x %lld scratch", nth, (long long)C);
+    float *own = NULL;
+    if (!scratch) {
+        own = scratch = malloc((size_t)nth * LF_QUANT_MM_SCRATCH_FLOATS * sizeof(float));
+        if (!own) return lf_err_set(err, LF_ENOMEM, "quant matmul: out of memory for %d threads' scratch", nth);
+    }
     mm_job j = {out, inp, bias, W, T, C, OC, scratch, lf_quant_simd_active()};
     int64_t tiles = (OC + MM_ROWS - 1) / MM_ROWS;
     lf_pool_parallel_for(pool, tiles, 1, mm_run, &j);
-    free(scratch);
+    free(own);
     return LF_OK;
 }
 

@@ -108,10 +108,14 @@ lf_status lf_quant_dequantize_f32(float *out, const lf_quant_state *st, lf_pool 
 lf_status lf_quant_dequantize_bf16(uint16_t *out, const lf_quant_state *st, lf_pool *pool, lf_err *err);
 lf_status lf_quant_dequantize_f32_ref(float *out, const lf_quant_state *st, lf_err *err);
 
+/* Per-thread scratch of lf_quant_matmul_4bit, in floats (16 KiB: 4 rows x 1024 decoded columns). */
+#define LF_QUANT_MM_SCRATCH_FLOATS 4096
 /* out [T, OC] = inp [T, C] @ W^T + bias [OC] (bias may be NULL); W [OC, C] quantized. Reads packed weights
- * directly (a row of W decoded at a time into per-thread scratch, never the whole matrix). */
+ * directly (4 rows x 1024 columns of W decoded at a time into the thread's scratch, never the whole matrix).
+ * scratch: [lf_pool_size(pool) (1 when pool is NULL), LF_QUANT_MM_SCRATCH_FLOATS] floats, row tid for pool
+ * thread tid; NULL allocates one for this call (tools and tests; step loops pass the backend's). */
 lf_status lf_quant_matmul_4bit(float *out, const float *inp, const lf_quant_state *W, const float *bias, int64_t T,
-                               int64_t C, int64_t OC, lf_pool *pool, lf_err *err);
+                               int64_t C, int64_t OC, lf_pool *pool, float *scratch, lf_err *err);
 lf_status lf_quant_matmul_4bit_ref(float *out, const float *inp, const lf_quant_state *W, const float *bias,
                                    int64_t T, int64_t C, int64_t OC, lf_err *err);
 

@@ -10,10 +10,11 @@ PY=/usr/bin/python3
 PINS=(
   transformers==4.44.2 tokenizers==0.19.1 safetensors==0.4.5 numpy==1.26.4 huggingface-hub==0.24.6
   regex==2024.9.11 tqdm==4.66.5 filelock==3.16.1 fsspec==2024.9.0 packaging==24.1 pyyaml==6.0.2
+  peft==0.12.0 accelerate==0.33.0 psutil==6.0.0
   jinja2==3.1.4 markupsafe==2.1.5 requests==2.32.3 urllib3==2.2.3 idna==3.10 certifi==2024.8.30 charset-normalizer==3.4.0 typing-extensions==4.12.2
 )
-check='import torch, transformers, tokenizers, safetensors, numpy
-assert transformers.__version__ == "4.44.2" and tokenizers.__version__ == "0.19.1" and safetensors.__version__ == "0.4.5" and numpy.__version__ == "1.26.4"'
+check='import torch, transformers, tokenizers, safetensors, numpy, peft, accelerate
+assert transformers.__version__ == "4.44.2" and tokenizers.__version__ == "0.19.1" and safetensors.__version__ == "0.4.5" and numpy.__version__ == "1.26.4" and peft.__version__ == "0.12.0"'
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "$check" 2>/dev/null; then
   echo "setup-tests: $VENV ready"; exit 0
 fi

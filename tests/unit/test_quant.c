@@ -279,7 +279,7 @@ static void test_fast_paths(void) {
     lf_pool *pools[3] = {NULL, p1, p2};
     int have_simd = lf_quant_simd_active();
     printf("fast paths: AVX2 %s\n", have_simd ? "available" : "not available (portable only)");
-    int64_t shapes[][4] = {{1, 64, 5, 64}, {3, 100, 7, 32}, {17, 33, 9, 32}, {5, 4096, 64, 64}, {2, 1000, 13, 256}, {8, 256, 1, 4096}};
+    int64_t shapes[][4] = {{1, 64, 5, 64}, {3, 100, 7, 32}, {17, 33, 9, 32}, {5, 4096, 64, 64}, {2, 1000, 13, 256}, {8, 256, 1, 4096}, {2, 2049, 5, 32}};
     for (size_t k = 0; k < sizeof(shapes) / sizeof(shapes[0]); k++)
         for (int nested = 0; nested < 2; nested++)
             for (int typ = 0; typ < 2; typ++) {
@@ -320,7 +320,7 @@ static void test_fast_paths(void) {
                         int bb = 0;
                         for (int64_t i = 0; i < n; i++) bb += db[i] != lf_f32_to_bf16(dref[i]);
                         CHECK(bb == 0, "dequant bf16: %d differ (simd %d pool %d)", bb, simd, pi);
-                        lf_quant_matmul_4bit(o, x, &st, pi == 2 ? NULL : bias, T, C, OC, pools[pi], &err);
+                        lf_quant_matmul_4bit(o, x, &st, pi == 2 ? NULL : bias, T, C, OC, pools[pi], NULL, &err);
                         int bad = 0;
                         for (int64_t i = 0; i < T * OC; i++) {
                             double want = odq[i] - (pi == 2 ? bias[i % OC] : 0.0);
@@ -366,7 +366,7 @@ static void test_bad_input(void) {
     CHECK(lf_quant_state_view(&st, LF_QUANT_NF4, 3, 5, 32, p, 8, q, 1, 1, n2, 4, map, 0, &err) == LF_OK, "good view: %s",
           err.msg);
     float out[15], in[5];
-    CHECK(lf_quant_matmul_4bit(out, in, &st, NULL, 1, 4, 3, NULL, &err) == LF_EINVAL, "matmul shape mismatch");
+    CHECK(lf_quant_matmul_4bit(out, in, &st, NULL, 1, 4, 3, NULL, NULL, &err) == LF_EINVAL, "matmul shape mismatch");
     lf_quant_state_free(&st);
 }
 
