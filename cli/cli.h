@@ -11,6 +11,7 @@
 int lf_cmd_make_tiny(int argc, char **argv);
 int lf_cmd_score(int argc, char **argv);
 int lf_cmd_generate(int argc, char **argv);
+int lf_cmd_quantize(int argc, char **argv);
 int lf_cmd_inspect(int argc, char **argv);
 int lf_cmd_chat_template(int argc, char **argv);
 int lf_cmd_tokenize(int argc, char **argv);
@@ -23,6 +24,19 @@ int lf_cli_parse_f64(const char *cmd, const char *flag, const char *s, double lo
 /* Parse "1 2 3" (spaces or commas) into a malloc'd int32 array (caller frees). */
 int lf_cli_parse_tokens(const char *cmd, const char *s, int32_t **out, int64_t *n);
 /* Print "loraforge CMD: msg" to stderr. */
+/* Model loading flags shared by commands: --quantization-bit 4 (alias --quantization_bit), --quant-type nf4|fp4,
+ * --quant-blocksize N, and the valueless --no-double-quant (short_names: also --type / --blocksize). Returns 1 when argv[*i] was one of them (and
+ * advances *i past its value), 0 when it was not, -1 after printing an error. */
+struct lf_model_options;
+int lf_cli_model_option(const char *cmd, int argc, char **argv, int *i, struct lf_model_options *o, int short_names);
+#define LF_CLI_MODEL_OPTIONS_HELP                                                                         \
+    "  --quantization-bit 4  quantize q/k/v/o/gate/up/down to 4 bits on load (bitsandbytes NF4/FP4)\n"    \
+    "  --quant-type T        nf4 (default) or fp4\n"                                                       \
+    "  --quant-blocksize N   elements per absmax block: a power of two in 32..4096 (default 64)\n"        \
+    "  --no-double-quant     keep absmax in f32 (default: quantize it to 8 bits, as QLoRA does)\n"
+/* One stderr line: the loaded model's weight memory by kind. */
+struct lf_model;
+void lf_cli_report_memory(const char *cmd, const struct lf_model *m);
 void lf_cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

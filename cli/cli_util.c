@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "model/model.h"
+#include "quant/quant.h"
 
 void lf_cli_error(const char *cmd, const char *fmt, ...) {
     va_list ap;
@@ -96,4 +98,52 @@ int lf_cli_parse_tokens(const char *cmd, const char *s, int32_t **out, int64_t *
     *out = ids;
     *n = (int64_t)len;
     return 0;
+}
+
+int lf_cli_model_option(const char *cmd, int argc, char **argv, int *i, lf_model_options *o, int short_names) {
+    const char *a = argv[*i];
+    if (!strcmp(a, "--no-double-quant")) {
+        o->double_quant = 0;
+        return 1;
+    }
+    int which = !strcmp(a, "--quantization-bit") || !strcmp(a, "--quantization_bit") ? 1
+              : !strcmp(a, "--quant-type") || (short_names && !strcmp(a, "--type")) ? 2
+              : !strcmp(a, "--quant-blocksize") || (short_names && !strcmp(a, "--blocksize")) ? 3 : 0;
+    if (!which) return 0;
+    if (lf_cli_need_value(cmd, argc, argv, *i)) return -1;
+    const char *v = argv[++*i];
+    if (which == 1) {
+        if (!strcmp(v, "4")) o->quant_bits = 4;
+        else if (!strcmp(v, "0") || !strcmp(v, "none")) o->quant_bits = 0;
+        else {
+            lf_cli_error(cmd, "%s '%s': accepted values are 4 or none", a, v);
+            return -1;
+        }
+    } else if (which == 2) {
+        if (!strcmp(v, "nf4")) o->quant_type = LF_QUANT_NF4;
+        else if (!strcmp(v, "fp4")) o->quant_type = LF_QUANT_FP4;
+        else {
+            lf_cli_error(cmd, "%s '%s': accepted values are nf4 or fp4", a, v);
+            return -1;
+        }
+    } else {
+        int64_t b = 0;
+        if (lf_cli_parse_i64(cmd, a, v, 1, INT32_MAX, &b)) return -1;
+        lf_err err = {0};
+        if (lf_quant_check_blocksize(b, &err)) {
+            lf_cli_error(cmd, "%s: %s", a, err.msg);
+            return -1;
+        }
+        o->quant_blocksize = b;
+    }
+    return 1;
+}
+
+void lf_cli_report_memory(const char *cmd, const lf_model *m) {
+    const lf_model_memory *mm = lf_model_get_memory(m);
+    const double MiB = 1024.0 * 1024.0;
+    fprintf(stderr, "loraforge %s: model weights %.1f MiB: %d 4-bit matrices %.1f MiB%s, %d dense %.1f MiB, "
+            "norms/biases %.1f KiB\n", cmd, (double)(mm->q4_bytes + mm->dense_bytes + mm->small_bytes) / MiB,
+            mm->n_q4, (double)mm->q4_bytes / MiB, mm->prequantized ? " (pre-quantized checkpoint)" : "",
+            mm->n_dense, (double)mm->dense_bytes / MiB, (double)mm->small_bytes / 1024.0);
 }

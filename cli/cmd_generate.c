@@ -26,7 +26,7 @@ static void help(void) {
            "  --top-p P             nucleus sampling mass in (0, 1] (default 1 = off)\n"
            "  --seed S              sampling seed (default 0)\n"
            "  --ignore-eos          keep generating after an EOS token\n"
-           "  --threads N           CPU threads (default: all cores)\n");
+           "  --threads N           CPU threads (default: all cores)\n" LF_CLI_MODEL_OPTIONS_HELP);
 }
 
 static double now_s(void) {
@@ -40,6 +40,7 @@ int lf_cmd_generate(int argc, char **argv) {
     int64_t threads = 0, max_new = 32, top_k = 0, seed = 0;
     double temperature = 0.0, top_p = 1.0;
     int ignore_eos = 0;
+    lf_model_options mopt = lf_model_default_options();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -50,6 +51,9 @@ int lf_cmd_generate(int argc, char **argv) {
             ignore_eos = 1;
             continue;
         }
+        int mo = lf_cli_model_option(CMD, argc, argv, &i, &mopt, 0);
+        if (mo < 0) return 2;
+        if (mo) continue;
         if (lf_cli_need_value(CMD, argc, argv, i)) return 2;
         const char *v = argv[++i];
         int bad = 0;
@@ -107,10 +111,11 @@ int lf_cmd_generate(int argc, char **argv) {
         lf_cli_error(CMD, "cannot create the cpu backend");
         goto done;
     }
-    if (lf_model_load(model_dir, be, &m, &err)) {
+    if (lf_model_load_opts(model_dir, be, &mopt, &m, &err)) {
         lf_cli_error(CMD, "%s", err.msg);
         goto done;
     }
+    lf_cli_report_memory(CMD, m);
     const lf_model_config *cfg = lf_model_get_config(m);
     if (T + max_new > cfg->max_pos)
         fprintf(stderr, "loraforge generate: warning: %lld prompt + %lld new tokens exceed max_position_embeddings %lld\n",

@@ -17,18 +17,22 @@ static void help(void) {
            "  --tokens IDS    token ids separated by spaces or commas\n"
            "  --out FILE      output .npy path (written atomically)\n"
            "  --threads N     CPU threads (default: all cores)\n"
-           "  --chunk N       prefill chunk size in tokens (default 512)\n");
+           "  --chunk N       prefill chunk size in tokens (default 512)\n" LF_CLI_MODEL_OPTIONS_HELP);
 }
 
 int lf_cmd_score(int argc, char **argv) {
     const char *model_dir = NULL, *tokens_s = NULL, *out = NULL;
     int64_t threads = 0, chunk = 512;
+    lf_model_options mopt = lf_model_default_options();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             help();
             return 0;
         }
+        int mo = lf_cli_model_option(CMD, argc, argv, &i, &mopt, 0);
+        if (mo < 0) return 2;
+        if (mo) continue;
         if (lf_cli_need_value(CMD, argc, argv, i)) return 2;
         const char *v = argv[++i];
         if (!strcmp(a, "--model")) model_dir = v;
@@ -58,10 +62,11 @@ int lf_cmd_score(int argc, char **argv) {
         lf_cli_error(CMD, "cannot create the cpu backend");
         goto done;
     }
-    if (lf_model_load(model_dir, be, &m, &err) || lf_session_create(m, T, chunk, &s, &err)) {
+    if (lf_model_load_opts(model_dir, be, &mopt, &m, &err) || lf_session_create(m, T, chunk, &s, &err)) {
         lf_cli_error(CMD, "%s", err.msg);
         goto done;
     }
+    if (lf_model_get_memory(m)->n_q4) lf_cli_report_memory(CMD, m);
     int64_t V = lf_model_get_config(m)->V;
     logits = malloc((size_t)(T * V) * sizeof(float));
     if (!logits) {

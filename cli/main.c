@@ -21,6 +21,7 @@ static const command commands[] = {
     {"tokenize", lf_cmd_tokenize, "text on stdin -> token ids (tokenizer.json)"},
     {"detokenize", lf_cmd_detokenize, "token ids on stdin -> text (tokenizer.json)"},
     {"chat-template", lf_cmd_chat_template, "render a conversation with a chat template (as transformers apply_chat_template)"},
+    {"quantize", lf_cmd_quantize, "write a bitsandbytes 4-bit (NF4/FP4) checkpoint of a model"},
     {"inspect", lf_cmd_inspect, "list tensors, dtypes, shapes and sizes of a .safetensors file or model directory"},
 };
 

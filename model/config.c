@@ -180,6 +180,30 @@ lf_status lf_model_config_load(const char *dir, lf_model_config *cfg, lf_err *er
     }
     for (int64_t l = 0; l < cfg->L; l++) cfg->window[l] = l >= first_window_layer ? sw : 0;
 
+    /* bitsandbytes checkpoints: only 4-bit is supported (8-bit LLM.int8 weights are refused by name) */
+    const json_t *qc = json_object_get(root, "quantization_config");
+    if (qc && !json_is_null(qc)) {
+        const char *qm = NULL, *qt = NULL;
+        int l4 = 0, l8 = 0;
+        if (!json_is_object(qc)) {
+            st = lf_err_set(err, LF_EFORMAT, "%s: quantization_config must be an object", path);
+            goto fail;
+        }
+        LF_TRY(lf_json_str_opt(qc, "quant_method", "bitsandbytes", &qm, path, err));
+        LF_TRY(lf_json_bool_opt(qc, "load_in_4bit", 0, &l4, path, err));
+        LF_TRY(lf_json_bool_opt(qc, "load_in_8bit", 0, &l8, path, err));
+        if (strcmp(qm, "bitsandbytes") != 0 || l8 || !l4) {
+            st = lf_err_set(err, LF_EUNSUPPORTED, "%s: quantization_config quant_method \"%s\" load_in_4bit=%d "
+                            "load_in_8bit=%d is not supported; loraforge reads bitsandbytes 4-bit (nf4/fp4) "
+                            "checkpoints", path, qm, l4, l8);
+            goto fail;
+        }
+        LF_TRY(lf_json_str_opt(qc, "bnb_4bit_quant_type", "fp4", &qt, path, err));
+        LF_TRY(lf_json_bool_opt(qc, "bnb_4bit_use_double_quant", 0, &cfg->bnb_double_quant, path, err));
+        snprintf(cfg->bnb_quant_type, sizeof cfg->bnb_quant_type, "%s", qt);
+        cfg->prequant_4bit = 1;
+    }
+
     LF_TRY(read_rope_scaling(root, cfg, path, err));
     int64_t bos;
     LF_TRY(lf_json_int_opt(root, "bos_token_id", -1, &bos, path, err));
@@ -225,4 +249,28 @@ void lf_model_config_inv_freq(const lf_model_config *cfg, float *inv_freq) {
         }
         inv_freq[i] = f;
     }
+}
+
+static const char *const MODULE_NAMES[LF_MOD_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                      "gate_proj", "up_proj", "down_proj"};
+
+const char *lf_module_name(lf_module m) { return (unsigned)m < LF_MOD_COUNT ? MODULE_NAMES[m] : "?"; }
+const char *lf_module_parent(lf_module m) { return m <= LF_MOD_O ? "self_attn" : "mlp"; }
+
+void lf_module_shape(const lf_model_config *c, lf_module m, int64_t *OC, int64_t *C) {
+    switch (m) {
+    case LF_MOD_Q: *OC = c->H * c->D; *C = c->C; break;
+    case LF_MOD_K:
+    case LF_MOD_V: *OC = c->KH * c->D; *C = c->C; break;
+    case LF_MOD_O: *OC = c->C; *C = c->H * c->D; break;
+    case LF_MOD_GATE:
+    case LF_MOD_UP: *OC = c->FF; *C = c->C; break;
+    default: *OC = c->C; *C = c->FF; break;
+    }
+}
+
+int lf_module_from_name(const char *name) {
+    for (int i = 0; i < LF_MOD_COUNT; i++)
+        if (!strcmp(name, MODULE_NAMES[i])) return i;
+    return -1;
 }

@@ -48,7 +48,25 @@ typedef struct lf_model_config {
     int64_t eos_ids[LF_MAX_EOS];
     int n_eos;
     char torch_dtype[16];
+    /* config.json "quantization_config" (bitsandbytes 4-bit checkpoints): prequant_4bit = 1 when present with
+     * quant_method "bitsandbytes" and load_in_4bit; the per-tensor quant_state blobs carry the details. */
+    int prequant_4bit;
+    char bnb_quant_type[8]; /* "nf4" / "fp4" as the config says (informational) */
+    int bnb_double_quant;
 } lf_model_config;
+
+/* The seven decoder linears (LoRA targets), in this fixed order everywhere (layers, adapters, checkpoints). */
+typedef enum lf_module {
+    LF_MOD_Q = 0, LF_MOD_K, LF_MOD_V, LF_MOD_O, LF_MOD_GATE, LF_MOD_UP, LF_MOD_DOWN, LF_MOD_COUNT
+} lf_module;
+/* "q_proj" ... "down_proj". */
+const char *lf_module_name(lf_module m);
+/* HF parent of the module: "self_attn" (q/k/v/o) or "mlp" (gate/up/down). */
+const char *lf_module_parent(lf_module m);
+/* Weight shape [OC, C] of module m: q [H*D, C], k/v [KH*D, C], o [C, H*D], gate/up [FF, C], down [C, FF]. */
+void lf_module_shape(const lf_model_config *cfg, lf_module m, int64_t *OC, int64_t *C);
+/* Index of a module name, or -1. */
+int lf_module_from_name(const char *name);
 
 /* Parse DIR/config.json (required) and DIR/generation_config.json (optional). Unknown architectures,
  * missing fields and invalid values fail with the file and key named. */

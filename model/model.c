@@ -3,7 +3,8 @@
  * Layout per layer (HF names): input_layernorm -> q/k/v_proj (+bias) -> RoPE -> causal GQA attention
  * (optional sliding window) -> o_proj -> residual -> post_attention_layernorm -> gate/up -> SwiGLU ->
  * down_proj -> residual. Final norm, then lm_head (tied to embed_tokens when tie_word_embeddings).
- * KV cache: per layer k, v [S, KH, D] f32, contiguous; row p holds position p. */
+ * KV cache: per layer k, v [S, KH, D] f32, contiguous; row p holds position p. Decoder linears are dense
+ * mmapped views or 4-bit states (model_quant.c); lf_linear_forward picks the op. */
 #include "model/model.h"
 
 #include <math.h>
@@ -12,29 +13,7 @@
 #include <string.h>
 
 #include "core/log.h"
-#include "core/safetensors.h"
-
-typedef struct lf_layer {
-    lf_tensor wq, wk, wv, wo;          /* [H*D, C], [KH*D, C], [KH*D, C], [C, H*D] */
-    lf_tensor wgate, wup, wdown;       /* [FF, C], [FF, C], [C, FF] */
-    float *bq, *bk, *bv, *bo;          /* [H*D], [KH*D], [KH*D], [C] or NULL */
-    float *bgate, *bup, *bdown;        /* [FF], [FF], [C] or NULL */
-    float *ln1, *ln2;                  /* [C] */
-} lf_layer;
-
-struct lf_model {
-    lf_model_config cfg;
-    lf_backend *be;      /* borrowed */
-    lf_st_model *st;     /* owned: the mmapped files */
-    char dir[1024];      /* model directory, for messages */
-    lf_tensor wte;       /* [V, C] */
-    lf_tensor lm_head;   /* [V, C] (== wte when tied) */
-    float *norm_f;       /* [C] */
-    float *inv_freq;     /* [D/2] */
-    lf_layer *layers;    /* [L] */
-    float *small;        /* owned: f32 copies of every 1-D tensor, one allocation */
-    int64_t weight_bytes;
-};
+#include "model/model_int.h"
 
 struct lf_session {
     lf_model *m;          /* borrowed */
@@ -102,14 +81,32 @@ static lf_status load_vector(lf_model *m, const char *name, int64_t n, int requi
     return lf_to_f32_n(*dst, t->data, t->dtype, n, err);
 }
 
+lf_model_options lf_model_default_options(void) {
+    lf_model_options o = {0, LF_QUANT_NF4, LF_QUANT_BLOCK_DEFAULT, 1};
+    return o;
+}
+
 lf_status lf_model_load(const char *dir, lf_backend *be, lf_model **out, lf_err *err) {
+    return lf_model_load_opts(dir, be, NULL, out, err);
+}
+
+lf_status lf_model_load_opts(const char *dir, lf_backend *be, const lf_model_options *opt, lf_model **out,
+                             lf_err *err) {
     lf_status st = LF_OK;
     char name[256];
     *out = NULL;
+    lf_model_options o = opt ? *opt : lf_model_default_options();
+    if (o.quant_bits != 0 && o.quant_bits != 4)
+        return lf_err_set(err, LF_EINVAL, "quantization_bit %d is not supported (use 4, or none for the stored "
+                          "weights)", o.quant_bits);
+    if (o.quant_type != LF_QUANT_NF4 && o.quant_type != LF_QUANT_FP4)
+        return lf_err_set(err, LF_EINVAL, "unknown 4-bit quantization type %d (nf4 or fp4)", o.quant_type);
+    if (o.quant_bits == 4 && lf_quant_check_blocksize(o.quant_blocksize, err)) return LF_EINVAL;
     if (be->device != LF_DEVICE_CPU) return lf_err_set(err, LF_EUNSUPPORTED, "model forward runs on the cpu backend only for now (got %s)", be->name);
     lf_model *m = calloc(1, sizeof *m);
     LF_CHECK_ALLOC(m, err);
     m->be = be;
+    m->opt = o;
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     LF_TRY(lf_model_config_load(dir, &m->cfg, err));
     LF_TRY(lf_st_model_open(dir, &m->st, err));
@@ -122,41 +119,57 @@ lf_status lf_model_load(const char *dir, lf_backend *be, lf_model **out, lf_err 
     int64_t per_layer = 2 * C + (H * D + 2 * KH * D) + C + 2 * FF + C;
     m->small = malloc((size_t)(per_layer * c->L + C + D / 2) * sizeof(float));
     LF_CHECK_ALLOC(m->small, err);
+    m->mem.small_bytes = (per_layer * c->L + C + D / 2) * (int64_t)sizeof(float);
     float *cur = m->small;
 
     LF_TRY(load_matrix(m, "model.embed_tokens.weight", V, C, &m->wte, err));
     m->weight_bytes -= (int64_t)lf_tensor_nbytes(&m->wte); /* embedding reads one row per token */
+    m->mem.dense_bytes += (int64_t)lf_tensor_nbytes(&m->wte);
+    m->mem.n_dense++;
     if (c->tie_embeddings) {
         m->lm_head = m->wte;
+        m->weight_bytes += (int64_t)lf_tensor_nbytes(&m->lm_head);
     } else {
         LF_TRY(load_matrix(m, "lm_head.weight", V, C, &m->lm_head, err));
+        m->mem.dense_bytes += (int64_t)lf_tensor_nbytes(&m->lm_head);
+        m->mem.n_dense++;
     }
-    if (c->tie_embeddings) m->weight_bytes += (int64_t)lf_tensor_nbytes(&m->lm_head);
     LF_TRY(load_vector(m, "model.norm.weight", C, 1, &cur, &m->norm_f, err));
+    m->mem.prequantized = c->prequant_4bit;
 
     for (int64_t l = 0; l < c->L; l++) {
         lf_layer *ly = &m->layers[l];
 #define LNAME(suffix) (snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)l, suffix), name)
-        LF_TRY(load_matrix(m, LNAME("self_attn.q_proj.weight"), H * D, C, &ly->wq, err));
-        LF_TRY(load_matrix(m, LNAME("self_attn.k_proj.weight"), KH * D, C, &ly->wk, err));
-        LF_TRY(load_matrix(m, LNAME("self_attn.v_proj.weight"), KH * D, C, &ly->wv, err));
-        LF_TRY(load_matrix(m, LNAME("self_attn.o_proj.weight"), C, H * D, &ly->wo, err));
-        LF_TRY(load_matrix(m, LNAME("mlp.gate_proj.weight"), FF, C, &ly->wgate, err));
-        LF_TRY(load_matrix(m, LNAME("mlp.up_proj.weight"), FF, C, &ly->wup, err));
-        LF_TRY(load_matrix(m, LNAME("mlp.down_proj.weight"), C, FF, &ly->wdown, err));
+        for (int mod = 0; mod < LF_MOD_COUNT; mod++) {
+            lf_linear *lin = &ly->lin[mod];
+            char prefix[200];
+            snprintf(prefix, sizeof prefix, "model.layers.%lld.%s.%s", (long long)l, lf_module_parent(mod),
+                     lf_module_name(mod));
+            lf_module_shape(c, mod, &lin->OC, &lin->C);
+            if (c->prequant_4bit) {
+                LF_TRY(lf_model_load_linear_q4(m, prefix, lin, err));
+            } else if (m->opt.quant_bits == 4) {
+                LF_TRY(lf_model_quantize_linear(m, prefix, lin, err));
+            } else {
+                snprintf(name, sizeof name, "%s.weight", prefix);
+                LF_TRY(load_matrix(m, name, lin->OC, lin->C, &lin->w, err));
+                m->mem.dense_bytes += (int64_t)lf_tensor_nbytes(&lin->w);
+                m->mem.n_dense++;
+            }
+            if (lin->q.packed) {
+                int64_t qb = (int64_t)lf_quant_state_nbytes(&lin->q);
+                m->weight_bytes += qb;
+                m->mem.q4_bytes += qb;
+                m->mem.n_q4++;
+            }
+            int has_bias = mod <= LF_MOD_V ? c->qkv_bias : mod == LF_MOD_O ? c->o_bias : c->mlp_bias;
+            if (has_bias) {
+                snprintf(name, sizeof name, "%s.bias", prefix);
+                LF_TRY(load_vector(m, name, lin->OC, 1, &cur, &lin->b, err));
+            }
+        }
         LF_TRY(load_vector(m, LNAME("input_layernorm.weight"), C, 1, &cur, &ly->ln1, err));
         LF_TRY(load_vector(m, LNAME("post_attention_layernorm.weight"), C, 1, &cur, &ly->ln2, err));
-        if (c->qkv_bias) {
-            LF_TRY(load_vector(m, LNAME("self_attn.q_proj.bias"), H * D, 1, &cur, &ly->bq, err));
-            LF_TRY(load_vector(m, LNAME("self_attn.k_proj.bias"), KH * D, 1, &cur, &ly->bk, err));
-            LF_TRY(load_vector(m, LNAME("self_attn.v_proj.bias"), KH * D, 1, &cur, &ly->bv, err));
-        }
-        if (c->o_bias) LF_TRY(load_vector(m, LNAME("self_attn.o_proj.bias"), C, 1, &cur, &ly->bo, err));
-        if (c->mlp_bias) {
-            LF_TRY(load_vector(m, LNAME("mlp.gate_proj.bias"), FF, 1, &cur, &ly->bgate, err));
-            LF_TRY(load_vector(m, LNAME("mlp.up_proj.bias"), FF, 1, &cur, &ly->bup, err));
-            LF_TRY(load_vector(m, LNAME("mlp.down_proj.bias"), C, 1, &cur, &ly->bdown, err));
-        }
 #undef LNAME
     }
     m->inv_freq = cur;
@@ -175,6 +188,9 @@ fail:
 void lf_model_free(lf_model *m) {
     if (!m) return;
     lf_st_model_close(m->st);
+    if (m->layers)
+        for (int64_t l = 0; l < m->cfg.L; l++)
+            for (int mod = 0; mod < LF_MOD_COUNT; mod++) lf_quant_state_free(&m->layers[l].lin[mod].q);
     free(m->layers);
     free(m->small);
     free(m);
@@ -182,6 +198,20 @@ void lf_model_free(lf_model *m) {
 
 const lf_model_config *lf_model_get_config(const lf_model *m) { return &m->cfg; }
 int64_t lf_model_weight_bytes(const lf_model *m) { return m->weight_bytes; }
+const lf_model_memory *lf_model_get_memory(const lf_model *m) { return &m->mem; }
+const char *lf_model_dir(const lf_model *m) { return m->dir; }
+
+const lf_quant_state *lf_model_linear_q4(const lf_model *m, int64_t layer, int mod) {
+    if (layer < 0 || layer >= m->cfg.L || mod < 0 || mod >= LF_MOD_COUNT) return NULL;
+    const lf_linear *l = &m->layers[layer].lin[mod];
+    return l->q.packed ? &l->q : NULL;
+}
+
+const lf_tensor *lf_model_linear_dense(const lf_model *m, int64_t layer, int mod) {
+    if (layer < 0 || layer >= m->cfg.L || mod < 0 || mod >= LF_MOD_COUNT) return NULL;
+    const lf_linear *l = &m->layers[layer].lin[mod];
+    return l->q.packed ? NULL : &l->w;
+}
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* session                                                                                               */
@@ -192,6 +222,8 @@ lf_status lf_session_create(lf_model *m, int64_t max_seq, int64_t max_chunk, lf_
     const lf_model_config *c = &m->cfg;
     if (max_seq <= 0 || max_chunk <= 0)
         return lf_err_set(err, LF_EINVAL, "session: max_seq (%lld) and max_chunk (%lld) must be > 0", (long long)max_seq, (long long)max_chunk);
+    if (m->mem.n_q4 && !LF_BACKEND_SUPPORTS(m->be, matmul_q4_forward))
+        return lf_err_set(err, LF_EUNSUPPORTED, "the %s backend has no 4-bit matmul", m->be->name);
     if (max_chunk > max_seq) max_chunk = max_seq;
     lf_session *s = calloc(1, sizeof *s);
     LF_CHECK_ALLOC(s, err);
@@ -259,19 +291,19 @@ static lf_status forward_chunk(lf_session *s, const int32_t *tokens, int64_t T, 
         float *kc = s->kcache + l * S * KH * D, *vc = s->vcache + l * S * KH * D;
         float *k_new = kc + p0 * KH * D, *v_new = vc + p0 * KH * D; /* [T, KH*D] rows of the cache */
         OP(ops->rmsnorm_forward(be, s->xb, s->x, ly->ln1, T, C, c->rms_eps));
-        OP(ops->matmul_forward(be, s->q, s->xb, &ly->wq, ly->bq, T, C, H * D));
-        OP(ops->matmul_forward(be, k_new, s->xb, &ly->wk, ly->bk, T, C, KH * D));
-        OP(ops->matmul_forward(be, v_new, s->xb, &ly->wv, ly->bv, T, C, KH * D));
+        OP(lf_linear_forward(be, s->q, s->xb, &ly->lin[LF_MOD_Q], T));
+        OP(lf_linear_forward(be, k_new, s->xb, &ly->lin[LF_MOD_K], T));
+        OP(lf_linear_forward(be, v_new, s->xb, &ly->lin[LF_MOD_V], T));
         OP(ops->rope_forward(be, s->q, s->posbuf, m->inv_freq, T, H, D));
         OP(ops->rope_forward(be, k_new, s->posbuf, m->inv_freq, T, KH, D));
         OP(ops->attention_forward(be, s->att, s->q, kc, vc, s->posbuf, T, p0 + T, H, KH, D, c->window[l], scale));
-        OP(ops->matmul_forward(be, s->xb2, s->att, &ly->wo, ly->bo, T, H * D, C));
+        OP(lf_linear_forward(be, s->xb2, s->att, &ly->lin[LF_MOD_O], T));
         OP(ops->residual_forward(be, s->x, s->x, s->xb2, T * C));
         OP(ops->rmsnorm_forward(be, s->xb, s->x, ly->ln2, T, C, c->rms_eps));
-        OP(ops->matmul_forward(be, s->hb, s->xb, &ly->wgate, ly->bgate, T, C, FF));
-        OP(ops->matmul_forward(be, s->hb2, s->xb, &ly->wup, ly->bup, T, C, FF));
+        OP(lf_linear_forward(be, s->hb, s->xb, &ly->lin[LF_MOD_GATE], T));
+        OP(lf_linear_forward(be, s->hb2, s->xb, &ly->lin[LF_MOD_UP], T));
         OP(ops->swiglu_forward(be, s->hb, s->hb, s->hb2, T * FF));
-        OP(ops->matmul_forward(be, s->xb2, s->hb, &ly->wdown, ly->bdown, T, FF, C));
+        OP(lf_linear_forward(be, s->xb2, s->hb, &ly->lin[LF_MOD_DOWN], T));
         OP(ops->residual_forward(be, s->x, s->x, s->xb2, T * C));
     }
     s->pos = p0 + T;

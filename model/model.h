@@ -19,12 +19,51 @@ extern "C" {
 
 typedef struct lf_model lf_model;
 typedef struct lf_session lf_session;
+struct lf_quant_state;
+
+/* How to load. quant_bits 4 quantizes the seven decoder linears (q/k/v/o/gate/up/down) on load with
+ * bitsandbytes semantics; embeddings, norms and lm_head keep their stored dtype. A pre-quantized bitsandbytes
+ * checkpoint (config.json quantization_config) is read as stored whatever quant_bits says. */
+typedef struct lf_model_options {
+    int quant_bits;          /* 0 (as stored) or 4 */
+    int quant_type;          /* lf_quant_type: 0 nf4 (default), 1 fp4 */
+    int64_t quant_blocksize; /* 64 */
+    int double_quant;        /* 1: quantize absmax too (bnb compress_statistics) */
+} lf_model_options;
+
+lf_model_options lf_model_default_options(void);
+
+/* Resident weight memory by kind (bytes). */
+typedef struct lf_model_memory {
+    int64_t q4_bytes;     /* packed codes + absmax (+ nested) of the 4-bit linears */
+    int64_t dense_bytes;  /* dense matrices: linears not quantized, embeddings, lm_head (counted once if tied) */
+    int64_t small_bytes;  /* f32 norms, biases, rope tables */
+    int n_q4, n_dense;    /* matrices of each kind (embeddings and lm_head included in n_dense) */
+    int prequantized;     /* loaded from a bitsandbytes 4-bit checkpoint */
+} lf_model_memory;
 
 /* Load DIR (config.json + model.safetensors or a sharded index). Weights in the compute dtype (and
  * BF16/F16, which the matmul reads directly) are mmapped views, never copied; 1-D tensors (norms,
  * biases) are converted to f32. Every tensor's presence, dtype and shape is checked: a missing or
  * wrong-shape tensor fails with its name, file and expected shape. */
 lf_status lf_model_load(const char *dir, lf_backend *be, lf_model **out, lf_err *err);
+/* Same with options (NULL = defaults). Bad options (blocksize not a power of two in 32..4096, quant_bits not
+ * 0/4) are LF_EINVAL. */
+lf_status lf_model_load_opts(const char *dir, lf_backend *be, const lf_model_options *opt, lf_model **out,
+                             lf_err *err);
+/* Resident weight memory, filled at load. */
+const lf_model_memory *lf_model_get_memory(const lf_model *m);
+/* The weight of decoder linear `mod` of layer `layer`: its 4-bit state (NULL when dense) or its dense view
+ * (NULL when 4-bit). Pointers owned by the model. */
+const struct lf_quant_state *lf_model_linear_q4(const lf_model *m, int64_t layer, int mod);
+const lf_tensor *lf_model_linear_dense(const lf_model *m, int64_t layer, int mod);
+/* Write the model quantized on load (quant_bits 4) to out_dir in the Hugging Face bitsandbytes 4-bit layout:
+ * model.safetensors (packed linears + companions, every other tensor as stored), config.json with
+ * quantization_config, and every other file of the model directory (tokenizer, generation config) copied.
+ * All files written atomically. out_dir must differ from the model directory. */
+lf_status lf_model_save_quantized(const lf_model *m, const char *out_dir, lf_err *err);
+/* The directory the model was loaded from. */
+const char *lf_model_dir(const lf_model *m);
 void lf_model_free(lf_model *m);
 const lf_model_config *lf_model_get_config(const lf_model *m);
 /* Bytes of weights the model reads per token (all matrices + lm_head row block). */
