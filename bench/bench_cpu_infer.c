@@ -56,21 +56,23 @@ int main(int argc, char **argv) {
     const char *dir = NULL;
     int64_t prompt_len = 128, ndecode = 32;
     int threads = 0;
+    lf_model_options mo = lf_model_default_options();
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--model")) dir = argv[i + 1];
         else if (!strcmp(argv[i], "--prompt-len")) prompt_len = atoll(argv[i + 1]);
         else if (!strcmp(argv[i], "--decode")) ndecode = atoll(argv[i + 1]);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--quantization-bit")) mo.quant_bits = atoi(argv[i + 1]);
     }
     if (!dir || prompt_len < 1 || ndecode < 1) {
-        fprintf(stderr, "usage: bench_cpu_infer --model DIR [--prompt-len N] [--decode N] [--threads N]\n");
+        fprintf(stderr, "usage: bench_cpu_infer --model DIR [--prompt-len N] [--decode N] [--threads N] [--quantization-bit 4]\n");
         return 2;
     }
     lf_err err = {0};
     lf_backend *be = lf_backend_cpu_create(threads);
     lf_model *m = NULL;
     lf_session *s = NULL;
-    if (!be || lf_model_load(dir, be, &m, &err) || lf_session_create(m, prompt_len + ndecode, prompt_len, &s, &err)) {
+    if (!be || lf_model_load_opts(dir, be, &mo, &m, &err) || lf_session_create(m, prompt_len + ndecode, prompt_len, &s, &err)) {
         fprintf(stderr, "bench_cpu_infer: %s\n", be ? err.msg : "cannot create backend");
         return 1;
     }
@@ -101,7 +103,7 @@ int main(int argc, char **argv) {
     printf("{\"bench\":\"cpu_infer\",\"arch\":\"%s\",\"params\":%lld,\"weight_dtype\":\"%s\",\"threads\":%d,"
            "\"prompt_len\":%lld,\"prefill_tok_s\":%.2f,\"prefill_gflops\":%.1f,\"decode_tokens\":%lld,\"decode_tok_s\":%.3f,"
            "\"weight_bytes_per_token\":%.0f,\"decode_weight_gbs\":%.2f,\"memcpy_gbs\":%.2f,\"decode_bw_share\":%.3f}\n",
-           c->architecture, (long long)params, c->torch_dtype, nth, (long long)prompt_len, (double)prompt_len / t_prefill,
+           c->architecture, (long long)params, lf_model_get_memory(m)->n_q4 ? "nf4" : c->torch_dtype, nth, (long long)prompt_len, (double)prompt_len / t_prefill,
            2.0 * (double)params * (double)prompt_len / t_prefill / 1e9, (long long)ndecode, dec_tps, wbytes, dec_gbs, bw,
            dec_gbs / bw);
     free(tokens);
