@@ -12,6 +12,7 @@ int lf_cmd_make_tiny(int argc, char **argv);
 int lf_cmd_score(int argc, char **argv);
 int lf_cmd_generate(int argc, char **argv);
 int lf_cmd_quantize(int argc, char **argv);
+int lf_cmd_train(int argc, char **argv);
 int lf_cmd_inspect(int argc, char **argv);
 int lf_cmd_chat_template(int argc, char **argv);
 int lf_cmd_tokenize(int argc, char **argv);
