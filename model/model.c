@@ -14,6 +14,7 @@
 
 #include "core/log.h"
 #include "model/model_int.h"
+#include "model/model_train.h"
 
 struct lf_session {
     lf_model *m;          /* borrowed */
@@ -23,6 +24,7 @@ struct lf_session {
     float *q, *att;       /* [Tc, H*D] */
     float *hb, *hb2;      /* [Tc, FF] */
     float *logits;        /* [Tc, V] */
+    float *lu, *llo, *lbnb; /* LoRA scratch [Tc, Rmax], [Tc, maxOC], [Tc, maxOC] (NULL without an adapter) */
     int32_t *posbuf;      /* [Tc] */
     void *block;          /* the one allocation all of the above are carved from */
 };
@@ -193,6 +195,8 @@ void lf_model_free(lf_model *m) {
             for (int mod = 0; mod < LF_MOD_COUNT; mod++) lf_quant_state_free(&m->layers[l].lin[mod].q);
     free(m->layers);
     free(m->small);
+    free(m->lora);
+    free(m->lora_wn);
     free(m);
 }
 
@@ -232,11 +236,13 @@ lf_status lf_session_create(lf_model *m, int64_t max_seq, int64_t max_chunk, lf_
     s->Tc = max_chunk;
     int64_t Tc = max_chunk, kv = c->L * max_seq * c->KH * c->D;
     /* one allocation, carved: sizes in floats, each piece rounded to 16 floats (64 bytes) */
-    int64_t sizes[10] = {kv, kv, Tc * c->C, Tc * c->C, Tc * c->C, Tc * c->H * c->D, Tc * c->H * c->D,
-                         Tc * c->FF, Tc * c->FF, Tc * c->V};
-    float **dst[10] = {&s->kcache, &s->vcache, &s->x, &s->xb, &s->xb2, &s->q, &s->att, &s->hb, &s->hb2, &s->logits};
+    int64_t lr = m->lora ? Tc * m->lora_rmax : 0, lo = m->lora ? Tc * m->lora_maxoc : 0;
+    int64_t sizes[13] = {kv, kv, Tc * c->C, Tc * c->C, Tc * c->C, Tc * c->H * c->D, Tc * c->H * c->D,
+                         Tc * c->FF, Tc * c->FF, Tc * c->V, lr, lo, lo};
+    float **dst[13] = {&s->kcache, &s->vcache, &s->x, &s->xb, &s->xb2, &s->q, &s->att, &s->hb, &s->hb2, &s->logits,
+                       &s->lu, &s->llo, &s->lbnb};
     int64_t total = Tc; /* posbuf (int32 fits in a float slot) */
-    for (int i = 0; i < 10; i++) total += (sizes[i] + 15) / 16 * 16;
+    for (int i = 0; i < 13; i++) total += (sizes[i] + 15) / 16 * 16;
     s->block = m->be->ops->alloc(m->be, (size_t)total * sizeof(float));
     if (!s->block) {
         st = lf_err_set(err, LF_ENOMEM, "session: cannot allocate %.1f MiB for KV cache (%lld positions) and activations",
@@ -244,8 +250,8 @@ lf_status lf_session_create(lf_model *m, int64_t max_seq, int64_t max_chunk, lf_
         goto fail;
     }
     float *p = (float *)s->block;
-    for (int i = 0; i < 10; i++) {
-        *dst[i] = p;
+    for (int i = 0; i < 13; i++) {
+        *dst[i] = sizes[i] ? p : NULL;
         p += (sizes[i] + 15) / 16 * 16;
     }
     s->posbuf = (int32_t *)p;
@@ -273,6 +279,72 @@ void lf_session_reset(lf_session *s) { s->pos = 0; }
         }                                                                                 \
     } while (0)
 
+/* A decoder linear plus the model's adapter on it (LoRA: + s B A x; DoRA: PEFT's formula, no dropout). */
+static lf_status lin_apply(lf_session *s, int64_t l, int mod, float *out, const float *x, int64_t T) {
+    lf_model *m = s->m;
+    lf_backend *be = m->be;
+    const lf_linear *lin = &m->layers[l].lin[mod];
+    lf_status st = lf_linear_forward(be, out, x, lin, T);
+    if (st || !m->lora || !m->lora[l * LF_MOD_COUNT + mod].A) return st;
+    const lf_lora_view *v = &m->lora[l * LF_MOD_COUNT + mod];
+    int64_t C = lin->C, OC = lin->OC, R = v->R;
+    int64_t sa[2] = {R, C}, sb[2] = {OC, R};
+    lf_tensor A = lf_tensor_view(v->A, LF_DTYPE_F32, 2, sa), B = lf_tensor_view(v->B, LF_DTYPE_F32, 2, sb);
+    if ((st = be->ops->matmul_forward(be, s->lu, x, &A, NULL, T, C, R))) return st;
+    if ((st = be->ops->matmul_forward(be, s->llo, s->lu, &B, NULL, T, R, OC))) return st;
+    if (!v->mag) return be->ops->axpy(be, out, s->llo, v->scale, T * OC);
+    const float *wn = m->lora_wn + (l * LF_MOD_COUNT + mod) * m->lora_maxoc;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t o = 0; o < OC; o++) {
+            float mns = v->mag[o] / wn[o], bnb = out[t * OC + o] - (lin->b ? lin->b[o] : 0.0f);
+            out[t * OC + o] += (mns - 1.0f) * bnb + mns * v->scale * s->llo[t * OC + o];
+        }
+    return LF_OK;
+}
+
+lf_status lf_model_set_lora(lf_model *m, const lf_lora_view *views, lf_err *err) {
+    lf_status st = LF_OK;
+    float *scratch = NULL;
+    free(m->lora);
+    free(m->lora_wn);
+    m->lora = NULL;
+    m->lora_wn = NULL;
+    m->lora_rmax = m->lora_maxoc = 0;
+    if (!views) return LF_OK;
+    const int64_t NV = m->cfg.L * LF_MOD_COUNT;
+    int64_t rmax = 1, maxoc = 1, wmax = 0;
+    for (int64_t i = 0; i < NV; i++) {
+        const lf_linear *lin = &m->layers[i / LF_MOD_COUNT].lin[i % LF_MOD_COUNT];
+        maxoc = lin->OC > maxoc ? lin->OC : maxoc;
+        if (!views[i].A) continue;
+        rmax = views[i].R > rmax ? views[i].R : rmax;
+        if (views[i].mag) wmax = lin->OC * lin->C > wmax ? lin->OC * lin->C : wmax;
+    }
+    m->lora = malloc((size_t)NV * sizeof *m->lora);
+    LF_CHECK_ALLOC(m->lora, err);
+    memcpy(m->lora, views, (size_t)NV * sizeof *views);
+    m->lora_rmax = rmax;
+    m->lora_maxoc = maxoc;
+    if (wmax) {
+        m->lora_wn = malloc((size_t)(NV * maxoc) * sizeof(float));
+        scratch = malloc((size_t)wmax * sizeof(float));
+        if (!m->lora_wn || !scratch) {
+            st = lf_err_set(err, LF_ENOMEM, "adapter: out of memory for DoRA norms");
+            goto fail;
+        }
+        for (int64_t i = 0; i < NV; i++)
+            if (views[i].A && views[i].mag)
+                LF_TRY(lf_model_dora_norm(m, &views[i], i / LF_MOD_COUNT, (int)(i % LF_MOD_COUNT),
+                                          m->lora_wn + i * maxoc, scratch, err));
+    }
+    free(scratch);
+    return LF_OK;
+fail:
+    free(scratch);
+    lf_model_set_lora(m, NULL, err);
+    return st;
+}
+
 /* One chunk of T <= Tc tokens at positions pos..pos+T-1. */
 static lf_status forward_chunk(lf_session *s, const int32_t *tokens, int64_t T, float *logits, int last_only, lf_err *err) {
     lf_status st = LF_OK;
@@ -291,19 +363,19 @@ static lf_status forward_chunk(lf_session *s, const int32_t *tokens, int64_t T, 
         float *kc = s->kcache + l * S * KH * D, *vc = s->vcache + l * S * KH * D;
         float *k_new = kc + p0 * KH * D, *v_new = vc + p0 * KH * D; /* [T, KH*D] rows of the cache */
         OP(ops->rmsnorm_forward(be, s->xb, s->x, ly->ln1, T, C, c->rms_eps));
-        OP(lf_linear_forward(be, s->q, s->xb, &ly->lin[LF_MOD_Q], T));
-        OP(lf_linear_forward(be, k_new, s->xb, &ly->lin[LF_MOD_K], T));
-        OP(lf_linear_forward(be, v_new, s->xb, &ly->lin[LF_MOD_V], T));
+        OP(lin_apply(s, l, LF_MOD_Q, s->q, s->xb, T));
+        OP(lin_apply(s, l, LF_MOD_K, k_new, s->xb, T));
+        OP(lin_apply(s, l, LF_MOD_V, v_new, s->xb, T));
         OP(ops->rope_forward(be, s->q, s->posbuf, m->inv_freq, T, H, D));
         OP(ops->rope_forward(be, k_new, s->posbuf, m->inv_freq, T, KH, D));
         OP(ops->attention_forward(be, s->att, s->q, kc, vc, s->posbuf, T, p0 + T, H, KH, D, c->window[l], scale));
-        OP(lf_linear_forward(be, s->xb2, s->att, &ly->lin[LF_MOD_O], T));
+        OP(lin_apply(s, l, LF_MOD_O, s->xb2, s->att, T));
         OP(ops->residual_forward(be, s->x, s->x, s->xb2, T * C));
         OP(ops->rmsnorm_forward(be, s->xb, s->x, ly->ln2, T, C, c->rms_eps));
-        OP(lf_linear_forward(be, s->hb, s->xb, &ly->lin[LF_MOD_GATE], T));
-        OP(lf_linear_forward(be, s->hb2, s->xb, &ly->lin[LF_MOD_UP], T));
+        OP(lin_apply(s, l, LF_MOD_GATE, s->hb, s->xb, T));
+        OP(lin_apply(s, l, LF_MOD_UP, s->hb2, s->xb, T));
         OP(ops->swiglu_forward(be, s->hb, s->hb, s->hb2, T * FF));
-        OP(lf_linear_forward(be, s->xb2, s->hb, &ly->lin[LF_MOD_DOWN], T));
+        OP(lin_apply(s, l, LF_MOD_DOWN, s->xb2, s->hb, T));
         OP(ops->residual_forward(be, s->x, s->x, s->xb2, T * C));
     }
     s->pos = p0 + T;

@@ -37,6 +37,10 @@ struct lf_model {
     float *small;        /* owned: f32 copies of every 1-D tensor, one allocation */
     int64_t weight_bytes;
     lf_model_memory mem;
+    /* inference adapter (lf_model_set_lora): NULL when none */
+    struct lf_lora_view *lora;   /* [L * LF_MOD_COUNT], owned copy of the table (arrays borrowed) */
+    float *lora_wn;              /* DoRA norms, [L * LF_MOD_COUNT * maxOC] slots, owned */
+    int64_t lora_rmax, lora_maxoc;
 };
 
 /* out[T, OC] = inp[T, C] @ W^T + b through the backend (dense or 4-bit). */

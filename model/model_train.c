@@ -398,33 +398,40 @@ void lf_trainer_model_free(lf_trainer_model *tm) {
 
 int64_t lf_trainer_model_workspace_bytes(const lf_trainer_model *tm) { return tm->block_bytes; }
 
-lf_status lf_trainer_model_refresh_dora(lf_trainer_model *tm, lf_err *err) {
+lf_status lf_model_dora_norm(const lf_model *m, const lf_lora_view *v, int64_t layer, int mod, float *wn,
+                             float *scratch, lf_err *err) {
     lf_status st = LF_OK;
+    const lf_linear *lin = &m->layers[layer].lin[mod];
+    int64_t OC = lin->OC, C = lin->C, R = v->R;
+    float *w = scratch;
+    if (lin->q.packed) LF_TRY(lf_quant_dequantize_f32(w, &lin->q, NULL, err));
+    else LF_TRY(lf_to_f32_n(w, lin->w.data, lin->w.dtype, OC * C, err));
+    /* n[o] = || W[o,:] + s * B[o,:] @ A ||, accumulated in double (PEFT: f32 torch.linalg.norm) */
+    for (int64_t o = 0; o < OC; o++) {
+        double acc = 0;
+        for (int64_t cc = 0; cc < C; cc++) {
+            float ba = 0.0f;
+            for (int64_t r = 0; r < R; r++) ba += v->B[o * R + r] * v->A[r * C + cc];
+            double e = (double)(w[o * C + cc] + v->scale * ba);
+            acc += e * e;
+        }
+        wn[o] = (float)sqrt(acc);
+        if (!(wn[o] > 0)) wn[o] = 1e-30f; /* an all-zero row: m/n would be inf; PEFT divides too */
+    }
+fail:
+    return st;
+}
+
+lf_status lf_trainer_model_refresh_dora(lf_trainer_model *tm, lf_err *err) {
     lf_model *m = tm->m;
     for (int64_t i = 0; i < m->cfg.L * LF_MOD_COUNT; i++) {
         const lf_lora_view *v = &tm->views[i];
         if (!v->A || !v->mag) continue;
-        const lf_linear *lin = &m->layers[i / LF_MOD_COUNT].lin[i % LF_MOD_COUNT];
-        int64_t OC = lin->OC, C = lin->C, R = v->R;
-        float *w = tm->wscratch, *wn = tm->wn + tm->wn_off[i];
-        if (lin->q.packed) LF_TRY(lf_quant_dequantize_f32(w, &lin->q, NULL, err));
-        else LF_TRY(lf_to_f32_n(w, lin->w.data, lin->w.dtype, OC * C, err));
-        /* n[o] = || W[o,:] + s * B[o,:] @ A ||, accumulated in double (PEFT: f32 torch.linalg.norm) */
-        for (int64_t o = 0; o < OC; o++) {
-            double acc = 0;
-            for (int64_t cc = 0; cc < C; cc++) {
-                float ba = 0.0f;
-                for (int64_t r = 0; r < R; r++) ba += v->B[o * R + r] * v->A[r * C + cc];
-                double e = (double)(w[o * C + cc] + v->scale * ba);
-                acc += e * e;
-            }
-            wn[o] = (float)sqrt(acc);
-            if (!(wn[o] > 0)) wn[o] = 1e-30f; /* an all-zero row: m/n would be inf; PEFT divides too */
-        }
+        lf_status st = lf_model_dora_norm(m, v, i / LF_MOD_COUNT, (int)(i % LF_MOD_COUNT), tm->wn + tm->wn_off[i],
+                                          tm->wscratch, err);
+        if (st) return st;
     }
     return LF_OK;
-fail:
-    return st;
 }
 
 /* ---- step ---- */

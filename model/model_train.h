@@ -37,6 +37,16 @@ typedef struct lf_lora_view {
     float scale;         /* s */
 } lf_lora_view;
 
+/* DoRA norm of one module: wn[o] = || W[o,:] + s * (B A)[o,:] || with W the (dequantized) base weight of
+ * (layer, mod). scratch: [OC * C] floats. */
+lf_status lf_model_dora_norm(const lf_model *m, const lf_lora_view *v, int64_t layer, int mod, float *wn,
+                             float *scratch, lf_err *err);
+
+/* Apply LoRA/DoRA (no dropout) in every forward of sessions created after this call: views [L * LF_MOD_COUNT]
+ * are copied (their arrays borrowed: they must outlive the model's use); DoRA norms are computed now. NULL
+ * removes the adapter. */
+lf_status lf_model_set_lora(lf_model *m, const lf_lora_view *views, lf_err *err);
+
 typedef struct lf_train_options {
     int64_t max_tokens;        /* T: longest sequence a step takes */
     float dropout;             /* lora_dropout in [0, 1) */
