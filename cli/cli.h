@@ -13,6 +13,7 @@ int lf_cmd_score(int argc, char **argv);
 int lf_cmd_generate(int argc, char **argv);
 int lf_cmd_quantize(int argc, char **argv);
 int lf_cmd_train(int argc, char **argv);
+int lf_cmd_merge(int argc, char **argv);
 int lf_cmd_inspect(int argc, char **argv);
 int lf_cmd_chat_template(int argc, char **argv);
 int lf_cmd_tokenize(int argc, char **argv);
@@ -38,6 +39,10 @@ int lf_cli_model_option(const char *cmd, int argc, char **argv, int *i, struct l
 /* One stderr line: the loaded model's weight memory by kind. */
 struct lf_model;
 void lf_cli_report_memory(const char *cmd, const struct lf_model *m);
+/* Load the PEFT adapter in dir (validated against m) and apply it unmerged to m's forward. *out owns the
+ * adapter's arrays and must outlive m's sessions (lf_lora_free after). 0 ok, 1 after printing an error. */
+struct lf_lora_adapter;
+int lf_cli_apply_adapter(const char *cmd, struct lf_model *m, const char *dir, struct lf_lora_adapter **out);
 void lf_cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

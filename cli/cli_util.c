@@ -6,7 +6,9 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "adapters/peft_io.h"
 #include "model/model.h"
+#include "model/model_train.h"
 #include "quant/quant.h"
 
 void lf_cli_error(const char *cmd, const char *fmt, ...) {
@@ -146,4 +148,35 @@ void lf_cli_report_memory(const char *cmd, const lf_model *m) {
             "norms/biases %.1f KiB\n", cmd, (double)(mm->q4_bytes + mm->dense_bytes + mm->small_bytes) / MiB,
             mm->n_q4, (double)mm->q4_bytes / MiB, mm->prequantized ? " (pre-quantized checkpoint)" : "",
             mm->n_dense, (double)mm->dense_bytes / MiB, (double)mm->small_bytes / 1024.0);
+}
+
+int lf_cli_apply_adapter(const char *cmd, lf_model *m, const char *dir, struct lf_lora_adapter **out) {
+    lf_err err = {0};
+    lf_lora_adapter *a = NULL;
+    const lf_model_config *c = lf_model_get_config(m);
+    *out = NULL;
+    if (lf_peft_load(dir, c, &a, &err)) {
+        lf_cli_error(cmd, "%s", err.msg);
+        return 1;
+    }
+    int64_t NV = c->L * LF_MOD_COUNT;
+    lf_lora_view *v = calloc((size_t)NV, sizeof *v);
+    if (!v) {
+        lf_lora_free(a);
+        lf_cli_error(cmd, "out of memory");
+        return 1;
+    }
+    for (int64_t i = 0; i < NV; i++) {
+        const lf_lora_slot *s = lf_lora_get(a, i / LF_MOD_COUNT, (lf_module)(i % LF_MOD_COUNT));
+        if (s) v[i] = (lf_lora_view){s->A, s->B, s->mag, NULL, NULL, NULL, s->R, (float)s->scaling};
+    }
+    lf_status st = lf_model_set_lora(m, v, &err);
+    free(v);
+    if (st) {
+        lf_lora_free(a);
+        lf_cli_error(cmd, "%s", err.msg);
+        return 1;
+    }
+    *out = a;
+    return 0;
 }

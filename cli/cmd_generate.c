@@ -6,6 +6,7 @@
 
 #include "cli/cli.h"
 #include "kernels/backend.h"
+#include "adapters/lora.h"
 #include "model/model.h"
 #include "model/sampler.h"
 #include "model/tokenizer.h"
@@ -18,6 +19,7 @@ static void help(void) {
            "generated text (the prompt is encoded with the model's tokenizer, BOS as its config says).\n"
            "Timing goes to stderr.\n\n"
            "  --model DIR           Hugging Face model directory\n"
+           "  --adapter DIR         apply a PEFT LoRA/DoRA adapter (unmerged)\n"
            "  --tokens IDS          prompt token ids\n"
            "  --prompt TEXT         prompt text (needs tokenizer.json in the model directory)\n"
            "  --max-new-tokens N    tokens to generate (default 32)\n"
@@ -41,6 +43,8 @@ int lf_cmd_generate(int argc, char **argv) {
     double temperature = 0.0, top_p = 1.0;
     int ignore_eos = 0;
     lf_model_options mopt = lf_model_default_options();
+    const char *adapter_dir = NULL;
+    lf_lora_adapter *adapter = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -58,6 +62,7 @@ int lf_cmd_generate(int argc, char **argv) {
         const char *v = argv[++i];
         int bad = 0;
         if (!strcmp(a, "--model")) model_dir = v;
+        else if (!strcmp(a, "--adapter")) adapter_dir = v;
         else if (!strcmp(a, "--tokens")) tokens_s = v;
         else if (!strcmp(a, "--prompt")) prompt = v;
         else if (!strcmp(a, "--max-new-tokens")) bad = lf_cli_parse_i64(CMD, a, v, 0, 1 << 24, &max_new);
@@ -115,6 +120,7 @@ int lf_cmd_generate(int argc, char **argv) {
         lf_cli_error(CMD, "%s", err.msg);
         goto done;
     }
+    if (adapter_dir && lf_cli_apply_adapter(CMD, m, adapter_dir, &adapter)) goto done;
     lf_cli_report_memory(CMD, m);
     const lf_model_config *cfg = lf_model_get_config(m);
     if (T + max_new > cfg->max_pos)
@@ -182,6 +188,7 @@ done:
     lf_sampler_free(smp);
     lf_session_free(s);
     lf_model_free(m);
+    lf_lora_free(adapter);
     lf_backend_free(be);
     return rc;
 }

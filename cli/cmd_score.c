@@ -6,6 +6,7 @@
 #include "cli/cli.h"
 #include "core/npy.h"
 #include "kernels/backend.h"
+#include "adapters/lora.h"
 #include "model/model.h"
 
 static const char *CMD = "score";
@@ -14,6 +15,7 @@ static void help(void) {
     printf("usage: loraforge score --model DIR --tokens \"1 2 3\" --out logits.npy [--threads N] [--chunk N]\n\n"
            "Runs the model over the token ids and writes float32 logits [T, V] for every position.\n\n"
            "  --model DIR     Hugging Face model directory (config.json + safetensors)\n"
+           "  --adapter DIR   apply a PEFT LoRA/DoRA adapter (unmerged)\n"
            "  --tokens IDS    token ids separated by spaces or commas\n"
            "  --out FILE      output .npy path (written atomically)\n"
            "  --threads N     CPU threads (default: all cores)\n"
@@ -24,6 +26,8 @@ int lf_cmd_score(int argc, char **argv) {
     const char *model_dir = NULL, *tokens_s = NULL, *out = NULL;
     int64_t threads = 0, chunk = 512;
     lf_model_options mopt = lf_model_default_options();
+    const char *adapter_dir = NULL;
+    lf_lora_adapter *adapter = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -36,6 +40,7 @@ int lf_cmd_score(int argc, char **argv) {
         if (lf_cli_need_value(CMD, argc, argv, i)) return 2;
         const char *v = argv[++i];
         if (!strcmp(a, "--model")) model_dir = v;
+        else if (!strcmp(a, "--adapter")) adapter_dir = v;
         else if (!strcmp(a, "--tokens")) tokens_s = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--threads")) { if (lf_cli_parse_i64(CMD, a, v, 0, 4096, &threads)) return 2; }
@@ -62,7 +67,12 @@ int lf_cmd_score(int argc, char **argv) {
         lf_cli_error(CMD, "cannot create the cpu backend");
         goto done;
     }
-    if (lf_model_load_opts(model_dir, be, &mopt, &m, &err) || lf_session_create(m, T, chunk, &s, &err)) {
+    if (lf_model_load_opts(model_dir, be, &mopt, &m, &err)) {
+        lf_cli_error(CMD, "%s", err.msg);
+        goto done;
+    }
+    if (adapter_dir && lf_cli_apply_adapter(CMD, m, adapter_dir, &adapter)) goto done;
+    if (lf_session_create(m, T, chunk, &s, &err)) {
         lf_cli_error(CMD, "%s", err.msg);
         goto done;
     }
@@ -84,6 +94,7 @@ done:
     free(tokens);
     lf_session_free(s);
     lf_model_free(m);
+    lf_lora_free(adapter);
     lf_backend_free(be);
     return rc;
 }

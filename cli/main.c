@@ -16,6 +16,7 @@ typedef struct {
 
 static const command commands[] = {
     {"train", lf_cmd_train, "fine-tune a LoRA/QLoRA adapter (LLaMA-Factory-style config; see train --help)"},
+    {"merge", lf_cmd_merge, "fold a PEFT LoRA/DoRA adapter into the base weights and write a model directory"},
     {"make-tiny", lf_cmd_make_tiny, "write a random-init Hugging Face model directory (tests, demo, benchmarks)"},
     {"score", lf_cmd_score, "write float32 logits [T, V] for a token sequence to a .npy file"},
     {"generate", lf_cmd_generate, "generate tokens from a prompt with a KV cache"},

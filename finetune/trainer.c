@@ -567,8 +567,15 @@ lf_status lf_train_run(const lf_train_config *cfg, lf_train_result *res, lf_err 
     const lf_model_memory *mm = lf_model_get_memory(r->m);
     LF_LOG(LF_LOG_INFO, "model %s: %d 4-bit matrices (%.1f MiB), %d dense (%.1f MiB)", cfg->model_name_or_path,
            mm->n_q4, (double)mm->q4_bytes / (1 << 20), mm->n_dense, (double)mm->dense_bytes / (1 << 20));
-    LF_TRY(lf_tokenizer_load(cfg->model_name_or_path, &r->tok, err));
-    LF_TRY(load_template(r, err));
+    st = lf_tokenizer_load(cfg->model_name_or_path, &r->tok, err);
+    if (st == LF_ENOTFOUND) { /* fine for pre-tokenized data: lf_data_load says so otherwise */
+        LF_LOG(LF_LOG_WARN, "%s has no tokenizer: only pre-tokenized rows (input_ids) can be used", cfg->model_name_or_path);
+        st = LF_OK;
+    } else if (st) {
+        goto fail;
+    } else {
+        LF_TRY(load_template(r, err));
+    }
     lf_data_options dopt;
     lf_data_default_options(&dopt);
     char dataset[4096] = "", eval_dataset[4096] = "";
@@ -652,7 +659,7 @@ lf_status lf_train_run(const lf_train_config *cfg, lf_train_result *res, lf_err 
     lf_pool *pool = NULL; /* AdamW and the norm are cheap next to the model: the caller thread runs them */
     r->t_start = r->t_win = now_s();
     double t0 = r->t_start;
-    int32_t pad = lf_tokenizer_eos_id(r->tok) >= 0 ? lf_tokenizer_eos_id(r->tok) : 0;
+    int32_t pad = r->tok && lf_tokenizer_eos_id(r->tok) >= 0 ? lf_tokenizer_eos_id(r->tok) : 0;
     while (r->step < r->total_steps) {
         lf_lora_zero_grads(r->ad);
         double step_loss = 0;
