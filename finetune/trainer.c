@@ -700,11 +700,12 @@ lf_status lf_train_run(const lf_train_config *cfg, lf_train_result *res, lf_err 
         if (r->step % r->log_every == 0 || last || (cfg->logging_first_step && r->step == 1)) {
             double dt = now_s() - r->t_win, tps = dt > 0 ? (double)r->win_tokens / dt : 0;
             double wl = r->win_loss / (double)r->win_steps;
-            json_t *e = json_pack("{s:f, s:f, s:f, s:f}", "loss", wl, "lr", lr, "grad_norm", (double)gnorm,
+            double lr_log = lf_sched_lr(&r->sched, r->step); /* HF logs get_last_lr(): the next step's lr */
+            json_t *e = json_pack("{s:f, s:f, s:f, s:f}", "loss", wl, "lr", lr_log, "grad_norm", (double)gnorm,
                                   "tokens_per_sec", tps);
             log_entry(r, e);
             printf("step=%lld train_loss=%.4f; lr=%.6g; grad_norm=%.4f; epoch=%.3f; tokens_per_sec=%.1f;\n",
-                   (long long)r->step, wl, lr, (double)gnorm, (double)r->step / (double)r->updates_per_epoch, tps);
+                   (long long)r->step, wl, lr_log, (double)gnorm, (double)r->step / (double)r->updates_per_epoch, tps);
             fflush(stdout);
             r->win_loss = 0;
             r->win_steps = 0;
