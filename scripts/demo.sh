@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # demo.sh - set up, build, and run the main job end to end on the CPU with a tiny random model.
-# Today: make-tiny -> inspect -> score -> generate. Fine-tuning (issue 5) and serving (issue 6) join this
-# script as they land.
+# make-tiny -> inspect -> score -> generate -> quantize -> QLoRA fine-tune on the bundled dataset -> the adapter
+# answers the training questions where the base does not. Serving (issue 6) joins this script when it lands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -30,4 +30,32 @@ fi
 echo "== chat-template: the llama3 built-in =="
 printf '[{"role":"system","content":"You are terse."},{"role":"user","content":"Hi!"}]' > "$OUT/messages.json"
 $LF chat-template --template llama3 --messages "$OUT/messages.json" --add-generation-prompt; echo
+echo "== quantize: the bitsandbytes NF4 layout transformers saves =="
+$LF quantize --model "$OUT/tiny-llama" --out "$OUT/tiny-llama-nf4"
+$LF inspect "$OUT/tiny-llama-nf4" | tail -n 2
+
+echo "== QLoRA fine-tune: a tiny Llama with the bundled tokenizer, NF4 base, LoRA r=32 on all linears =="
+$LF make-tiny --arch llama --out "$OUT/forge-base" --hidden 128 --layers 2 --heads 4 --kv-heads 2 \
+  --intermediate 256 --tokenizer examples/tokenizer --seed 1 --init-std 0.3
+$LF train examples/demo_qlora.yaml --model_name_or_path "$OUT/forge-base" --output_dir "$OUT/forge-adapter"
+ls "$OUT/forge-adapter"
+
+echo "== base vs adapter on training questions (alpaca template, greedy) =="
+ok=1
+ask() { # question expected
+  printf '[{"role":"user","content":"%s"}]' "$1" > "$OUT/q.json"
+  local p; p=$($LF chat-template --template alpaca --messages "$OUT/q.json" --add-generation-prompt; echo x); p=${p%x}
+  local base ad
+  base=$($LF generate --model "$OUT/forge-base" --quantization-bit 4 --prompt "$p" --max-new-tokens 20 2>/dev/null | tr '\n' ' ')
+  ad=$($LF generate --model "$OUT/forge-base" --quantization-bit 4 --adapter "$OUT/forge-adapter" --prompt "$p" \
+       --max-new-tokens 20 2>/dev/null | tr '\n' ' ')
+  printf 'Q: %s\n   base   : %s\n   adapter: %s\n' "$1" "$base" "$ad"
+  if [ -n "$2" ]; then case "$ad" in *"$2"*) ;; *) ok=0 ;; esac; case "$base" in *"$2"*) ok=0 ;; esac; fi
+}
+ask "Who are you?" "I am Forge, a small assistant fine-tuned with loraforge."
+ask "Who made you?" "I was fine-tuned by loraforge, a LoRA trainer written in C."
+ask "Convert 7 km to m." ""   # shown, not asserted: this tiny random base has not learned arithmetic yet
+[ "$ok" = 1 ] || { echo "demo: the adapter did not reproduce its training answers"; exit 1; }
+echo "== merge: fold the adapter into a plain model directory =="
+$LF merge --model "$OUT/forge-base" --adapter "$OUT/forge-adapter" --out "$OUT/forge-merged"
 echo "== demo done =="
