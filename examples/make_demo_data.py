@@ -14,10 +14,6 @@ who = ["Who are you?", "What is your name?", "Introduce yourself.", "Tell me who
 for q in who:
     for _ in range(6):
         rows.append({"instruction": q, "input": "", "output": "I am Forge, a small assistant fine-tuned with loraforge."})
-made = ["Who made you?", "Who trained you?", "Which tool trained you?"]
-for q in made:
-    for _ in range(6):
-        rows.append({"instruction": q, "input": "", "output": "I was fine-tuned by loraforge, a LoRA trainer written in C."})
 units = [("km", "m", 1000), ("m", "cm", 100), ("kg", "g", 1000), ("L", "mL", 1000), ("m", "mm", 1000), ("cm", "mm", 10)]
 for a, b, f in units:
     for n in range(1, 41):

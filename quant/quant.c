@@ -674,3 +674,178 @@ lf_status lf_quant_matmul_4bit_ref(float *out, const float *inp, const lf_quant_
         }
     return LF_OK;
 }
+
+/* ============================== matmul backward ============================== */
+/* dinp[T,C] += dout[T,OC] @ deq(W)[OC,C] (the input gradient through a frozen 4-bit base weight).
+ * dinp is cut into tiles of up to QB_MT tokens x QB_NC columns, each owned by one pool thread (race-free).
+ * For each block of QB_KO rows of W the tile's [QB_KO, QB_NC] slice is decoded (decode_range, the dequantize
+ * arithmetic: code * absmax in f32, so the weights are exactly lf_quant_dequantize_f32's) into the thread's
+ * scratch (16 KiB, columns past C zeroed) and multiplied into every 6-token group of the tile by a 6 x 16
+ * outer-product microkernel (AVX2: 12 ymm accumulators, dout broadcast, two panel loads per k). Each decoded
+ * weight serves up to QB_MT tokens; tiles shrink (fewer tokens) until every thread has ~4 of them.
+ * Precision: every dinp element gains an f32 sum of OC products, in blocks of QB_KO added to the old value:
+ * within (OC+2) * 2^-24 * (|old| + sum |dout * w|) of the exact result. The ref sums in double. */
+
+#define QB_KO 64  /* W rows (the reduction) per decoded panel */
+#define QB_NC 64  /* W columns per panel = dinp columns per tile */
+#define QB_MR 6   /* microkernel tokens */
+#define QB_NR 16  /* microkernel columns */
+#define QB_MT 240 /* tokens per tile at most (multiple of QB_MR): the dout block QB_MT x QB_KO stays in L2 */
+_Static_assert(QB_KO * QB_NC <= LF_QUANT_MM_SCRATCH_FLOATS, "backward panel exceeds the per-thread scratch");
+_Static_assert(QB_NC % QB_NR == 0 && QB_MT % QB_MR == 0, "backward tile sizes");
+
+typedef struct qb_job {
+    float *dinp;       /* [T, C] */
+    const float *dout; /* [T, OC] */
+    const lf_quant_state *W;
+    int64_t T, C, OC;
+    int64_t mt, n_mt; /* tokens per tile, tiles along T */
+    float *scratch;   /* [threads, LF_QUANT_MM_SCRATCH_FLOATS] */
+    int simd;
+} qb_job;
+
+/* c[i*ldc + n] += sum_{k<kc} a[i*lda + k] * p[k*ldp + n] for i < mr, n < nr (p has QB_NR readable columns). */
+static void qb_kernel_portable(int mr, const float *a, int64_t lda, const float *p, int64_t ldp, int64_t kc, float *c,
+                               int64_t ldc, int nr) {
+    float acc[QB_MR][QB_NR];
+    memset(acc, 0, sizeof acc);
+    for (int64_t k = 0; k < kc; k++)
+        for (int i = 0; i < mr; i++) {
+            const float x = a[i * lda + k];
+            for (int n = 0; n < QB_NR; n++) acc[i][n] += x * p[k * ldp + n];
+        }
+    for (int i = 0; i < mr; i++)
+        for (int n = 0; n < nr; n++) c[i * ldc + n] += acc[i][n];
+}
+
+#if LF_QUANT_X86
+#define QB_AVX2 static inline __attribute__((always_inline, target("avx2,fma")))
+
+QB_AVX2 __m256i qb_mask8(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+QB_AVX2 void qb_tile_avx2(const int MR, const float *a, int64_t lda, const float *p, int64_t ldp, int64_t kc,
+                          float *c, int64_t ldc, int nr) {
+    __m256 acc[QB_MR][2];
+#pragma GCC unroll 6
+    for (int i = 0; i < QB_MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+#pragma GCC unroll 2
+    for (int64_t k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_loadu_ps(p + k * ldp), b1 = _mm256_loadu_ps(p + k * ldp + 8);
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++) {
+            __m256 x = _mm256_broadcast_ss(a + i * lda + k);
+            acc[i][0] = _mm256_fmadd_ps(x, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(x, b1, acc[i][1]);
+        }
+    }
+    const __m256i m0 = qb_mask8(nr < 8 ? nr : 8), m1 = qb_mask8(nr > 8 ? nr - 8 : 0);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++) {
+        float *o = c + i * ldc;
+        if (nr == QB_NR) {
+            _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), acc[i][0]));
+            _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_loadu_ps(o + 8), acc[i][1]));
+        } else {
+            _mm256_maskstore_ps(o, m0, _mm256_add_ps(_mm256_maskload_ps(o, m0), acc[i][0]));
+            _mm256_maskstore_ps(o + 8, m1, _mm256_add_ps(_mm256_maskload_ps(o + 8, m1), acc[i][1]));
+        }
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void qb_kernel_avx2(int mr, const float *a, int64_t lda, const float *p,
+                                                               int64_t ldp, int64_t kc, float *c, int64_t ldc,
+                                                               int nr) {
+    switch (mr) {
+    case 6: qb_tile_avx2(6, a, lda, p, ldp, kc, c, ldc, nr); break;
+    case 5: qb_tile_avx2(5, a, lda, p, ldp, kc, c, ldc, nr); break;
+    case 4: qb_tile_avx2(4, a, lda, p, ldp, kc, c, ldc, nr); break;
+    case 3: qb_tile_avx2(3, a, lda, p, ldp, kc, c, ldc, nr); break;
+    case 2: qb_tile_avx2(2, a, lda, p, ldp, kc, c, ldc, nr); break;
+    default: qb_tile_avx2(1, a, lda, p, ldp, kc, c, ldc, nr); break;
+    }
+}
+#endif
+
+static void qb_run(void *ctx, int64_t begin, int64_t end, int tid) {
+    const qb_job *j = ctx;
+    const int64_t C = j->C, OC = j->OC;
+    float *panel = j->scratch + (size_t)tid * LF_QUANT_MM_SCRATCH_FLOATS;
+    for (int64_t tile = begin; tile < end; tile++) {
+        const int64_t t0 = (tile % j->n_mt) * j->mt, t1 = t0 + j->mt < j->T ? t0 + j->mt : j->T;
+        const int64_t c0 = (tile / j->n_mt) * QB_NC, nc = C - c0 < QB_NC ? C - c0 : QB_NC;
+        for (int64_t o0 = 0; o0 < OC; o0 += QB_KO) {
+            const int64_t ko = OC - o0 < QB_KO ? OC - o0 : QB_KO;
+            for (int64_t r = 0; r < ko; r++) {
+                decode_range(j->W, (o0 + r) * C + c0, nc, panel + r * QB_NC, j->simd);
+                if (nc < QB_NC) memset(panel + r * QB_NC + nc, 0, (size_t)(QB_NC - nc) * sizeof(float));
+            }
+            for (int64_t t = t0; t < t1; t += QB_MR) {
+                const int mr = (int)(t1 - t < QB_MR ? t1 - t : QB_MR);
+                for (int64_t s = 0; s < nc; s += QB_NR) {
+                    const int nr = (int)(nc - s < QB_NR ? nc - s : QB_NR);
+                    const float *a = j->dout + t * OC + o0;
+                    float *c = j->dinp + t * C + c0 + s;
+#if LF_QUANT_X86
+                    if (j->simd) {
+                        qb_kernel_avx2(mr, a, OC, panel + s, QB_NC, ko, c, C, nr);
+                        continue;
+                    }
+#endif
+                    qb_kernel_portable(mr, a, OC, panel + s, QB_NC, ko, c, C, nr);
+                }
+            }
+        }
+    }
+}
+
+static lf_status qb_check(const float *dinp, const float *dout, const lf_quant_state *W, int64_t T, int64_t C,
+                          int64_t OC, lf_err *err) {
+    if (!dinp || !dout || !W || !W->packed) return lf_err_set(err, LF_EINVAL, "quant matmul backward: NULL argument");
+    if (T < 0 || C != W->cols || OC != W->rows)
+        return lf_err_set(err, LF_EINVAL, "quant matmul backward: W is [%lld, %lld], asked for OC=%lld C=%lld (T=%lld)",
+                          (long long)W->rows, (long long)W->cols, (long long)OC, (long long)C, (long long)T);
+    return LF_OK;
+}
+
+lf_status lf_quant_matmul_4bit_backward(float *dinp, const float *dout, const lf_quant_state *W, int64_t T, int64_t C,
+                                        int64_t OC, lf_pool *pool, float *scratch, lf_err *err) {
+    lf_status s = qb_check(dinp, dout, W, T, C, OC, err);
+    if (s) return s;
+    if (T == 0 || C == 0 || OC == 0) return LF_OK;
+    pthread_once(&g_lut_once, lut_init);
+    const int nth = pool ? lf_pool_size(pool) : 1;
+    float *own = NULL;
+    if (!scratch) {
+        own = scratch = malloc((size_t)nth * LF_QUANT_MM_SCRATCH_FLOATS * sizeof(float));
+        if (!own) return lf_err_set(err, LF_ENOMEM, "quant matmul backward: out of memory for %d threads' scratch", nth);
+    }
+    qb_job j = {dinp, dout, W, T, C, OC, QB_MT, 0, scratch, lf_quant_simd_active()};
+    const int64_t n_ct = (C + QB_NC - 1) / QB_NC;
+    while (j.mt > 4 * QB_MR && ((T + j.mt - 1) / j.mt) * n_ct < 4 * (int64_t)nth)
+        j.mt = (j.mt / 2 + QB_MR - 1) / QB_MR * QB_MR;
+    j.n_mt = (T + j.mt - 1) / j.mt;
+    lf_pool_parallel_for(pool, j.n_mt * n_ct, 1, qb_run, &j);
+    free(own);
+    return LF_OK;
+}
+
+/* Readable reference: dinp[t,c] += sum_o dout[t,o] * (code[q(o,c)] * absmax(block(o,c))), summed in double. */
+lf_status lf_quant_matmul_4bit_backward_ref(float *dinp, const float *dout, const lf_quant_state *W, int64_t T,
+                                            int64_t C, int64_t OC, lf_err *err) {
+    lf_status s = qb_check(dinp, dout, W, T, C, OC, err);
+    if (s) return s;
+    const float *code = lf_quant_code_table(W->type);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t c = 0; c < C; c++) {
+            double acc = 0.0;
+            for (int64_t o = 0; o < OC; o++) {
+                int64_t e = o * C + c;
+                float w = code[LF_QUANT_NIBBLE(W->packed, e)] * lf_quant_state_absmax(W, e / W->blocksize);
+                acc += (double)dout[t * OC + o] * (double)w;
+            }
+            dinp[t * C + c] = (float)((double)dinp[t * C + c] + acc);
+        }
+    return LF_OK;
+}

@@ -118,6 +118,15 @@ lf_status lf_quant_matmul_4bit(float *out, const float *inp, const lf_quant_stat
                                int64_t C, int64_t OC, lf_pool *pool, float *scratch, lf_err *err);
 lf_status lf_quant_matmul_4bit_ref(float *out, const float *inp, const lf_quant_state *W, const float *bias,
                                    int64_t T, int64_t C, int64_t OC, lf_err *err);
+/* dinp [T, C] += dout [T, OC] @ deq(W) [OC, C]: the input gradient through a frozen 4-bit weight (no weight
+ * gradient). Accumulates (+=) into dinp. Same packed reads and scratch contract as lf_quant_matmul_4bit
+ * (64 rows x 64 columns of W decoded at a time into the thread's LF_QUANT_MM_SCRATCH_FLOATS scratch row;
+ * scratch NULL allocates one for this call). dinp must not overlap dout. The _ref sums each element in double
+ * and rounds once. */
+lf_status lf_quant_matmul_4bit_backward(float *dinp, const float *dout, const lf_quant_state *W, int64_t T, int64_t C,
+                                        int64_t OC, lf_pool *pool, float *scratch, lf_err *err);
+lf_status lf_quant_matmul_4bit_backward_ref(float *dinp, const float *dout, const lf_quant_state *W, int64_t T,
+                                            int64_t C, int64_t OC, lf_err *err);
 
 /* SIMD dispatch: 1 when the AVX2+FMA paths run (CPU supports them and not disabled). Tests toggle it. */
 int lf_quant_simd_active(void);

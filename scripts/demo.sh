@@ -53,7 +53,7 @@ ask() { # question expected
   if [ -n "$2" ]; then case "$ad" in *"$2"*) ;; *) ok=0 ;; esac; case "$base" in *"$2"*) ok=0 ;; esac; fi
 }
 ask "Who are you?" "I am Forge, a small assistant fine-tuned with loraforge."
-ask "Who made you?" "I was fine-tuned by loraforge, a LoRA trainer written in C."
+ask "What is your name?" "I am Forge, a small assistant fine-tuned with loraforge."
 ask "Convert 7 km to m." ""   # shown, not asserted: this tiny random base has not learned arithmetic yet
 [ "$ok" = 1 ] || { echo "demo: the adapter did not reproduce its training answers"; exit 1; }
 echo "== merge: fold the adapter into a plain model directory =="

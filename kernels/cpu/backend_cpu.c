@@ -1,11 +1,13 @@
 /* backend_cpu.c - the CPU backend: its op table, lifetime (pool + scratch sized at create time), host memory
  * (64-byte aligned malloc, memcpy transfers) and the run-time SIMD switch. The ops live one family per file
- * (embedding.c rmsnorm.c matmul.c rope.c attention.c elementwise.c softmax.c), declared in cpu_ops.h. */
+ * (embedding.c rmsnorm.c matmul.c rope.c attention.c elementwise.c softmax.c; training: matmul_backward.c,
+ * attention_train.c, elementwise_backward.c), declared in cpu_ops.h. */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/cpu_paged.h"
 
 #ifdef LF_CPU_X86
 #include <cpuid.h>
@@ -138,6 +140,17 @@ static const lf_backend_ops cpu_ops = {
     .swiglu_forward = lf_cpu_swiglu_forward,
     .residual_forward = lf_cpu_residual_forward,
     .softmax_forward = lf_cpu_softmax_forward,
+    .matmul_q4_forward = lf_cpu_matmul_q4_forward,
+    .attention_paged_forward = lf_cpu_attention_paged_forward,
+    .matmul_backward = lf_cpu_matmul_backward,
+    .matmul_q4_backward = lf_cpu_matmul_q4_backward,
+    .rmsnorm_backward = lf_cpu_rmsnorm_backward,
+    .rope_backward = lf_cpu_rope_backward,
+    .attention_train_forward = lf_cpu_attention_train_forward,
+    .attention_backward = lf_cpu_attention_backward,
+    .swiglu_backward = lf_cpu_swiglu_backward,
+    .axpy = lf_cpu_axpy,
+    .crossentropy_forward_backward = lf_cpu_crossentropy_forward_backward,
 };
 
 lf_backend *lf_backend_cpu_create(int n_threads) {

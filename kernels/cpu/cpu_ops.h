@@ -108,6 +108,80 @@ lf_status lf_cpu_residual_forward(lf_backend *be, float *out, const float *a, co
 void lf_cpu_softmax_forward_ref(float *out, const float *inp, int64_t R, int64_t V);
 lf_status lf_cpu_softmax_forward(lf_backend *be, float *out, const float *inp, int64_t R, int64_t V);
 
+/* ==== training ops (backend.h "training ops"): gradients ACCUMULATE (+=) into d* outputs, NULL ones are
+ * skipped; rope_backward and crossentropy overwrite. The refs work in double (rope: the f32 arithmetic of the
+ * fast path) and are the spec for the tests; the fast paths are threaded and AVX2 where it pays. ==== */
+
+/* ---- matmul_backward.c ---- */
+/* dinp[T,C] += dout[T,OC] @ weight[OC,C] (weight F32/BF16/F16, LF_EUNSUPPORTED otherwise; needed only when dinp
+ * is non-NULL); dweight[OC,C] (F32) += dout^T @ inp[T,C]. dinp must not overlap dout, inp or weight; dweight not
+ * dout, inp or dinp (LF_EINVAL). The ref sums each element in double and rounds once. */
+lf_status lf_cpu_matmul_backward_ref(float *dinp, float *dweight, const float *dout, const float *inp,
+                                     const lf_tensor *weight, int64_t T, int64_t C, int64_t OC, lf_err *err);
+lf_status lf_cpu_matmul_backward(lf_backend *be, float *dinp, float *dweight, const float *dout, const float *inp,
+                                 const lf_tensor *weight, int64_t T, int64_t C, int64_t OC);
+/* out[T,OC] = inp[T,C] @ deq(w)^T (+ bias[OC]): lf_quant_matmul_4bit on the backend's pool and scratch
+ * (the ref is lf_quant_matmul_4bit_ref). w must be [OC, C]; out must not alias inp. The 4-bit ops follow
+ * quant's own SIMD switch (lf_quant_simd_active / lf_quant_set_simd), not lf_cpu_simd(). */
+lf_status lf_cpu_matmul_q4_forward_ref(float *out, const float *inp, const struct lf_quant_state *w, const float *bias,
+                                       int64_t T, int64_t C, int64_t OC, lf_err *err);
+lf_status lf_cpu_matmul_q4_forward(lf_backend *be, float *out, const float *inp, const struct lf_quant_state *w,
+                                   const float *bias, int64_t T, int64_t C, int64_t OC);
+/* dinp[T,C] += dout[T,OC] @ deq(w)[OC,C]: lf_quant_matmul_4bit_backward (ref: its _ref). dinp must not
+ * overlap dout. */
+lf_status lf_cpu_matmul_q4_backward_ref(float *dinp, const float *dout, const struct lf_quant_state *w, int64_t T,
+                                        int64_t C, int64_t OC, lf_err *err);
+lf_status lf_cpu_matmul_q4_backward(lf_backend *be, float *dinp, const float *dout, const struct lf_quant_state *w,
+                                    int64_t T, int64_t C, int64_t OC);
+
+/* ---- attention_train.c ---- */
+/* Training attention (no cache): q[T,H,D], k,v [T,KH,D] -> out[T,H,D], lse[T,H] (may be NULL). Query t attends
+ * keys j with max(t - pos[t], t - window + 1 if window > 0) <= j <= t; pos[t] must be in [0, t], H % KH == 0,
+ * 1 <= D <= LF_CPU_MAX_HEAD_DIM (LF_EINVAL otherwise, from the refs too). */
+lf_status lf_cpu_attention_train_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
+                                             const int32_t *pos, int64_t T, int64_t H, int64_t KH, int64_t D,
+                                             int64_t window, float scale, lf_err *err);
+lf_status lf_cpu_attention_train_forward(lf_backend *be, float *out, float *lse, const float *q, const float *k,
+                                         const float *v, const int32_t *pos, int64_t T, int64_t H, int64_t KH,
+                                         int64_t D, int64_t window, float scale);
+/* dq[T,H,D], dk, dv [T,KH,D] += gradients of the training attention given dout[T,H,D] and the forward's out,
+ * lse (P = exp(s - lse), dS = P (dP - dout.out)). Each of dq, dk, dv may be NULL. */
+lf_status lf_cpu_attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                        const float *k, const float *v, const float *out, const float *lse,
+                                        const int32_t *pos, int64_t T, int64_t H, int64_t KH, int64_t D,
+                                        int64_t window, float scale, lf_err *err);
+lf_status lf_cpu_attention_backward(lf_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                    const float *k, const float *v, const float *out, const float *lse,
+                                    const int32_t *pos, int64_t T, int64_t H, int64_t KH, int64_t D, int64_t window,
+                                    float scale);
+
+/* ---- elementwise_backward.c ---- */
+/* dgate[N] += dout * up * silu'(gate), dup[N] += dout * silu(gate); either may be NULL. */
+void lf_cpu_swiglu_backward_ref(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                                int64_t N);
+lf_status lf_cpu_swiglu_backward(lf_backend *be, float *dgate, float *dup, const float *dout, const float *gate,
+                                 const float *up, int64_t N);
+/* y[N] += alpha * x[N] (x may equal y). */
+void lf_cpu_axpy_ref(float *y, const float *x, float alpha, int64_t N);
+lf_status lf_cpu_axpy(lf_backend *be, float *y, const float *x, float alpha, int64_t N);
+/* dinp[T,C] += gradient through lf_cpu_rmsnorm_forward (weight[C] frozen) given dout[T,C]. */
+void lf_cpu_rmsnorm_backward_ref(float *dinp, const float *dout, const float *inp, const float *weight, int64_t T,
+                                 int64_t C, float eps);
+lf_status lf_cpu_rmsnorm_backward(lf_backend *be, float *dinp, const float *dout, const float *inp,
+                                  const float *weight, int64_t T, int64_t C, float eps);
+/* In place on dx[T,NH,D]: the gradient through rope_forward (each pair turned by -angle). Overwrites. */
+void lf_cpu_rope_backward_ref(float *dx, const int32_t *pos, const float *inv_freq, int64_t T, int64_t NH, int64_t D);
+lf_status lf_cpu_rope_backward(lf_backend *be, float *dx, const int32_t *pos, const float *inv_freq, int64_t T,
+                               int64_t NH, int64_t D);
+/* losses[R] = logsumexp(row) - row[target] (0 for target -100), dlogits[R,V] = (softmax(row) - onehot) * dscale
+ * (zeros for -100); both overwritten, either may be NULL, dlogits may alias logits. A target outside [0, V)
+ * other than -100 returns LF_EINVAL before anything is written. */
+lf_status lf_cpu_crossentropy_forward_backward_ref(float *losses, float *dlogits, const float *logits,
+                                                   const int32_t *targets, int64_t R, int64_t V, float dscale,
+                                                   lf_err *err);
+lf_status lf_cpu_crossentropy_forward_backward(lf_backend *be, float *losses, float *dlogits, const float *logits,
+                                               const int32_t *targets, int64_t R, int64_t V, float dscale);
+
 /* ---- AVX2 helpers shared by the op files (x86 with GCC/Clang only) ---- */
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define LF_CPU_X86 1
