@@ -691,7 +691,7 @@ lf_status lf_quant_matmul_4bit_ref(float *out, const float *inp, const lf_quant_
 #define QB_MR 6   /* microkernel tokens */
 #define QB_NR 16  /* microkernel columns */
 #define QB_MT 240 /* tokens per tile at most (multiple of QB_MR): the dout block QB_MT x QB_KO stays in L2 */
-_Static_assert(QB_KO * QB_NC <= LF_QUANT_MM_SCRATCH_FLOATS, "backward panel exceeds the per-thread scratch");
+_Static_assert(QB_KO *QB_NC <= LF_QUANT_MM_SCRATCH_FLOATS, "backward panel exceeds the per-thread scratch");
 _Static_assert(QB_NC % QB_NR == 0 && QB_MT % QB_MR == 0, "backward tile sizes");
 
 typedef struct qb_job {
@@ -725,8 +725,8 @@ QB_AVX2 __m256i qb_mask8(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-QB_AVX2 void qb_tile_avx2(const int MR, const float *a, int64_t lda, const float *p, int64_t ldp, int64_t kc,
-                          float *c, int64_t ldc, int nr) {
+QB_AVX2 void qb_tile_avx2(const int MR, const float *a, int64_t lda, const float *p, int64_t ldp, int64_t kc, float *c,
+                          int64_t ldc, int nr) {
     __m256 acc[QB_MR][2];
 #pragma GCC unroll 6
     for (int i = 0; i < QB_MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
@@ -755,8 +755,7 @@ QB_AVX2 void qb_tile_avx2(const int MR, const float *a, int64_t lda, const float
 }
 
 __attribute__((target("avx2,fma"))) static void qb_kernel_avx2(int mr, const float *a, int64_t lda, const float *p,
-                                                               int64_t ldp, int64_t kc, float *c, int64_t ldc,
-                                                               int nr) {
+                                                               int64_t ldp, int64_t kc, float *c, int64_t ldc, int nr) {
     switch (mr) {
     case 6: qb_tile_avx2(6, a, lda, p, ldp, kc, c, ldc, nr); break;
     case 5: qb_tile_avx2(5, a, lda, p, ldp, kc, c, ldc, nr); break;
@@ -819,7 +818,8 @@ lf_status lf_quant_matmul_4bit_backward(float *dinp, const float *dout, const lf
     float *own = NULL;
     if (!scratch) {
         own = scratch = malloc((size_t)nth * LF_QUANT_MM_SCRATCH_FLOATS * sizeof(float));
-        if (!own) return lf_err_set(err, LF_ENOMEM, "quant matmul backward: out of memory for %d threads' scratch", nth);
+        if (!own)
+            return lf_err_set(err, LF_ENOMEM, "quant matmul backward: out of memory for %d threads' scratch", nth);
     }
     qb_job j = {dinp, dout, W, T, C, OC, QB_MT, 0, scratch, lf_quant_simd_active()};
     const int64_t n_ct = (C + QB_NC - 1) / QB_NC;

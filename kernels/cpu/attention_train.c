@@ -21,7 +21,10 @@
  *           block (t from the block's first key; when t - pos[t] never decreases, as for packed rows, it stops
  *           at the first query of a later row or past the window) and every head of the group, summing into
  *           f32 accumulators in the thread's scratch (2 x bk x D floats) that are added to dk/dv once at the
- *           end, so the old values see one rounding, not one per query.
+ *           end, so the old values see one rounding, not one per query. AVX2: per query, P and dS of up to
+ *           ATB_HG heads of the group first, then each key's accumulator row takes all those heads at once.
+ * AVX2 dot products go 4 keys at a time (one load of q or dout per 4 FMAs, one hadd tree for 4 sums) and
+ * probability-weighted row sums 4 rows at a time (the accumulator is loaded and stored once per 4 rows).
  * Each (query, key) pair is thus scored twice; the extra D-length dot products cost ~40% over a fused
  * kernel but need no atomics and no per-thread dk/dv copies.
  * The refs are plain double loops (forward two-pass; backward per query for dq, per key for dk/dv). */
@@ -38,8 +41,8 @@ _Static_assert(LF_CPU_SCRATCH_FLOATS >= 2 * LF_CPU_MAX_HEAD_DIM, "pass 2 needs o
 static lf_status attt_check(const char *op, const int32_t *pos, int64_t T, int64_t H, int64_t KH, int64_t D,
                             lf_err *err) {
     if (T < 0 || H < 1 || KH < 1 || D < 1)
-        return lf_err_set(err, LF_EINVAL, "%s: bad size T=%lld H=%lld KH=%lld D=%lld", op, (long long)T,
-                          (long long)H, (long long)KH, (long long)D);
+        return lf_err_set(err, LF_EINVAL, "%s: bad size T=%lld H=%lld KH=%lld D=%lld", op, (long long)T, (long long)H,
+                          (long long)KH, (long long)D);
     if (H % KH != 0)
         return lf_err_set(err, LF_EINVAL, "%s: H=%lld is not a multiple of KH=%lld", op, (long long)H, (long long)KH);
     if (D > LF_CPU_MAX_HEAD_DIM)
@@ -118,8 +121,8 @@ static void ref_pds(const float *dout, const float *q, const float *k, const flo
 
 lf_status lf_cpu_attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                         const float *k, const float *v, const float *out, const float *lse,
-                                        const int32_t *pos, int64_t T, int64_t H, int64_t KH, int64_t D,
-                                        int64_t window, float scale, lf_err *err) {
+                                        const int32_t *pos, int64_t T, int64_t H, int64_t KH, int64_t D, int64_t window,
+                                        float scale, lf_err *err) {
     lf_status st = attt_check("attention_backward", pos, T, H, KH, D, err);
     if (st != LF_OK) return st;
     const int64_t group = H / KH;
@@ -209,7 +212,8 @@ ATT_AVX2_INLINE float dot_avx2(const float *a, const float *b, int64_t D) {
 ATT_AVX2_INLINE void axpy_avx2(float *y, float a, const float *x, int64_t D) {
     const __m256 av = _mm256_set1_ps(a);
     int64_t d = 0;
-    for (; d + 8 <= D; d += 8) _mm256_storeu_ps(y + d, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + d), _mm256_loadu_ps(y + d)));
+    for (; d + 8 <= D; d += 8)
+        _mm256_storeu_ps(y + d, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + d), _mm256_loadu_ps(y + d)));
     for (; d < D; d++) y[d] += a * x[d];
 }
 
@@ -383,8 +387,18 @@ lf_status lf_cpu_attention_train_forward(lf_backend *be, float *out, float *lse,
                                          int64_t D, int64_t window, float scale) {
     lf_status st = attt_check("attention_train_forward", pos, T, H, KH, D, &be->err);
     if (st != LF_OK) return st;
-    attf_job job = {.out = out, .lse = lse, .q = q, .k = k, .v = v, .pos = pos, .H = H, .KH = KH, .D = D,
-                    .window = window, .scale = scale, .simd = lf_cpu_simd()};
+    attf_job job = {.out = out,
+                    .lse = lse,
+                    .q = q,
+                    .k = k,
+                    .v = v,
+                    .pos = pos,
+                    .H = H,
+                    .KH = KH,
+                    .D = D,
+                    .window = window,
+                    .scale = scale,
+                    .simd = lf_cpu_simd()};
     const int64_t span = attt_span(pos, T, window);
     lf_cpu_parallel_for(be, T * H, lf_cpu_grain(span * D * 4, 1 << 15), attf_chunk, &job);
     return LF_OK;
@@ -500,7 +514,8 @@ static LF_CPU_AVX2 void attb_dkv_avx2(const attb_job *J, int64_t blk, int64_t g,
                 for (int64_t jj = 0; jj < n; jj += 8) {
                     const __m256 p = lf_cpu_exp8(_mm256_fmsub_ps(_mm256_load_ps(sc + jj), sv, lv));
                     _mm256_store_ps(P[hh] + jj, p);
-                    _mm256_store_ps(DS[hh] + jj, _mm256_mul_ps(_mm256_mul_ps(p, _mm256_sub_ps(_mm256_load_ps(dp + jj), dtv)), sv));
+                    _mm256_store_ps(DS[hh] + jj,
+                                    _mm256_mul_ps(_mm256_mul_ps(p, _mm256_sub_ps(_mm256_load_ps(dp + jj), dtv)), sv));
                 }
             }
             for (int64_t jj = 0; jj < n; jj++) {
@@ -573,9 +588,25 @@ lf_status lf_cpu_attention_backward(lf_backend *be, float *dq, float *dk, float 
     if (st != LF_OK) return st;
     if (T > 0 && (!dout || !q || !k || !v || !out || !lse))
         return lf_err_set(&be->err, LF_EINVAL, "attention_backward: an input (dout, q, k, v, out, lse) is NULL");
-    attb_job job = {.dq = dq, .dk = dk, .dv = dv, .dout = dout, .q = q, .k = k, .v = v, .out = out, .lse = lse,
-                    .pos = pos, .T = T, .H = H, .KH = KH, .D = D, .window = window, .scale = scale, .mono = 1,
-                    .simd = lf_cpu_simd(), .be = be};
+    attb_job job = {.dq = dq,
+                    .dk = dk,
+                    .dv = dv,
+                    .dout = dout,
+                    .q = q,
+                    .k = k,
+                    .v = v,
+                    .out = out,
+                    .lse = lse,
+                    .pos = pos,
+                    .T = T,
+                    .H = H,
+                    .KH = KH,
+                    .D = D,
+                    .window = window,
+                    .scale = scale,
+                    .mono = 1,
+                    .simd = lf_cpu_simd(),
+                    .be = be};
     job.bk = LF_CPU_SCRATCH_FLOATS / (2 * D) < ATB_BK ? LF_CPU_SCRATCH_FLOATS / (2 * D) : ATB_BK;
     for (int64_t t = 1; t < T; t++)
         if (t - pos[t] < t - 1 - pos[t - 1]) job.mono = 0;

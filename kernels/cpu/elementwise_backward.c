@@ -120,8 +120,8 @@ typedef struct {
 } eb_job;
 
 #ifdef LF_CPU_X86
-static LF_CPU_AVX2 void swiglu_bwd_avx2(float *dgate, float *dup, const float *dout, const float *gate,
-                                        const float *up, int64_t n) {
+static LF_CPU_AVX2 void swiglu_bwd_avx2(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                                        int64_t n) {
     const __m256 one = _mm256_set1_ps(1.0f);
     for (int64_t i = 0; i < n; i += 8) {
         const __m256i mask = lf_cpu_mask8(n - i < 8 ? n - i : 8);
@@ -146,8 +146,8 @@ static void swiglu_bwd_chunk(void *vjob, int64_t b, int64_t e, int tid) {
     const eb_job *j = (const eb_job *)vjob;
 #ifdef LF_CPU_X86
     if (j->simd) {
-        swiglu_bwd_avx2(j->dgate ? j->dgate + b : NULL, j->dup ? j->dup + b : NULL, j->dout + b, j->gate + b,
-                        j->up + b, e - b);
+        swiglu_bwd_avx2(j->dgate ? j->dgate + b : NULL, j->dup ? j->dup + b : NULL, j->dout + b, j->gate + b, j->up + b,
+                        e - b);
         return;
     }
 #endif
@@ -212,7 +212,8 @@ typedef struct {
 } rmsb_job;
 
 #ifdef LF_CPU_X86
-static LF_CPU_AVX2 void rmsb_row_avx2(float *dx, const float *dy, const float *x, const float *w, int64_t C, float eps) {
+static LF_CPU_AVX2 void rmsb_row_avx2(float *dx, const float *dy, const float *x, const float *w, int64_t C,
+                                      float eps) {
     __m256 s0 = _mm256_setzero_ps(), s1 = s0, d0 = s0, d1 = s0;
     int64_t c = 0;
     for (; c + 16 <= C; c += 16) {
@@ -271,12 +272,13 @@ static void rmsb_chunk(void *vjob, int64_t t0, int64_t t1, int tid) {
     }
 }
 
-lf_status lf_cpu_rmsnorm_backward(lf_backend *be, float *dinp, const float *dout, const float *inp,
-                                  const float *weight, int64_t T, int64_t C, float eps) {
+lf_status lf_cpu_rmsnorm_backward(lf_backend *be, float *dinp, const float *dout, const float *inp, const float *weight,
+                                  int64_t T, int64_t C, float eps) {
     if (T < 0 || C < 1)
         return lf_err_set(&be->err, LF_EINVAL, "rmsnorm_backward: bad size T=%lld C=%lld", (long long)T, (long long)C);
     if (!dinp) return LF_OK;
-    rmsb_job job = {.dinp = dinp, .dout = dout, .inp = inp, .weight = weight, .C = C, .eps = eps, .simd = lf_cpu_simd()};
+    rmsb_job job = {
+        .dinp = dinp, .dout = dout, .inp = inp, .weight = weight, .C = C, .eps = eps, .simd = lf_cpu_simd()};
     lf_cpu_parallel_for(be, T, lf_cpu_grain(3 * C, 1 << 15), rmsb_chunk, &job);
     return LF_OK;
 }
@@ -378,8 +380,8 @@ static LF_CPU_AVX2 void ce_stats_avx2(const float *x, int64_t V, float *pm, floa
     if (v < V) {
         const __m256i m0 = lf_cpu_mask8(V - v < 8 ? V - v : 8), m1 = lf_cpu_mask8(V - v > 8 ? V - v - 8 : 0);
         /* masked-off lanes load 0 and give exp(0 - m); zero them with the mask */
-        s0 = _mm256_add_ps(s0, _mm256_and_ps(_mm256_castsi256_ps(m0),
-                                             lf_cpu_exp8(_mm256_sub_ps(_mm256_maskload_ps(x + v, m0), mb))));
+        s0 = _mm256_add_ps(
+            s0, _mm256_and_ps(_mm256_castsi256_ps(m0), lf_cpu_exp8(_mm256_sub_ps(_mm256_maskload_ps(x + v, m0), mb))));
         s1 = _mm256_add_ps(s1, _mm256_and_ps(_mm256_castsi256_ps(m1),
                                              lf_cpu_exp8(_mm256_sub_ps(_mm256_maskload_ps(x + v + 8, m1), mb))));
     }
@@ -447,8 +449,13 @@ lf_status lf_cpu_crossentropy_forward_backward(lf_backend *be, float *losses, fl
         return lf_err_set(&be->err, LF_EINVAL, "crossentropy: logits or targets is NULL (R=%lld)", (long long)R);
     lf_status st = ce_check(targets, R, V, &be->err);
     if (st != LF_OK) return st;
-    ce_job job = {.losses = losses, .dlogits = dlogits, .logits = logits, .targets = targets, .V = V,
-                  .dscale = dscale, .simd = lf_cpu_simd()};
+    ce_job job = {.losses = losses,
+                  .dlogits = dlogits,
+                  .logits = logits,
+                  .targets = targets,
+                  .V = V,
+                  .dscale = dscale,
+                  .simd = lf_cpu_simd()};
     lf_cpu_parallel_for(be, R, lf_cpu_grain(8 * V, 1 << 15), ce_chunk, &job);
     return LF_OK;
 }

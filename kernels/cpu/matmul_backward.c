@@ -25,7 +25,7 @@
  * Tile sizes shrink (rows first, then columns) until there are >= 4 tiles per thread, so small-T and LoRA
  * shapes (K or N = rank) still spread over the pool.
  *
- * Precision: each output gains a sum of K f32 products, accumulated in f32 in blocks of MB_KC and added to the
+ * Precision: each output gains a sum of K f32 products, accumulated in f32 in blocks of kc and added to the
  * existing value: at most about (K+2) * 2^-24 * (|old| + sum_k |a_k b_k|) from the exact result (recursive
  * summation bound; the tests use it). The ref accumulates in double and rounds once. */
 #include <string.h>
@@ -33,15 +33,15 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "quant/quant.h"
 
-#define MB_MR 6     /* microkernel rows (broadcast side) */
-#define MB_NR 16    /* microkernel columns (2 ymm) */
-#define MB_KC 256   /* K block: one [MB_KC, MB_NR] f32 panel = 16 KiB */
-#define MB_MT 144   /* rows per tile at most (multiple of MB_MR): the A block MB_MT x MB_KC stays in L2 */
-#define MB_NT 48    /* columns per tile at most (multiple of MB_NR) */
+#define MB_MR 6      /* microkernel rows (broadcast side) */
+#define MB_NR 16     /* microkernel columns (2 ymm) */
+#define MB_KC 256    /* K block: one [MB_KC, MB_NR] f32 panel = 16 KiB */
+#define MB_MT 144    /* rows per tile at most (multiple of MB_MR): the A block MB_MT x MB_KC stays in L2 */
+#define MB_NT 48     /* columns per tile at most (multiple of MB_NR) */
 #define MB_MT_MIN 24 /* tile shrinking stops here (rows) */
-#define MBA_KC 64   /* A^T path: K block ([MBA_KC, 16] B panel = 4 KiB) */
-#define MBA_MT 48   /* A^T path: rows per tile at most (packed A block [MBA_MT, MBA_KC] = 12 KiB) */
-#define MBA_NT 192  /* A^T path: columns per tile at most: each packed A block serves 12 column strips */
+#define MBA_KC 64    /* A^T path: K block ([MBA_KC, 16] B panel = 4 KiB) */
+#define MBA_MT 48    /* A^T path: rows per tile at most (packed A block [MBA_MT, MBA_KC] = 12 KiB) */
+#define MBA_NT 192   /* A^T path: columns per tile at most: each packed A block serves 12 column strips */
 
 _Static_assert(MB_KC *MB_NR <= LF_CPU_SCRATCH_FLOATS, "matmul_backward panel exceeds the per-thread scratch");
 _Static_assert(MBA_KC *MB_NR + MBA_MT * MBA_KC <= LF_CPU_SCRATCH_FLOATS, "A^T panels exceed the per-thread scratch");
@@ -76,8 +76,8 @@ lf_status lf_cpu_matmul_backward_ref(float *dinp, float *dweight, const float *d
     if (dinp) {
         lf_dtype dt = weight->dtype;
         if (dt != LF_DTYPE_F32 && dt != LF_DTYPE_BF16 && dt != LF_DTYPE_F16)
-            return lf_err_set(err, LF_EUNSUPPORTED, "matmul_backward: weight dtype %s is not supported (F32, BF16, F16)",
-                              lf_dtype_name(dt));
+            return lf_err_set(err, LF_EUNSUPPORTED,
+                              "matmul_backward: weight dtype %s is not supported (F32, BF16, F16)", lf_dtype_name(dt));
         for (int64_t t = 0; t < T; t++)
             for (int64_t c = 0; c < C; c++) {
                 double s = 0.0;
@@ -124,8 +124,8 @@ static void mb_pack_port(float *panel, const void *b, lf_dtype dt, int64_t ldb, 
 }
 
 /* C(i, n) += sum_{k<kc} A(i,k) * panel[k][n] for i < mr, n < nr. */
-static void mb_kernel_port(int mr, const float *a, int64_t a_rs, int64_t a_cs, const float *panel, int64_t kc,
-                           float *c, int64_t ldc, int nr) {
+static void mb_kernel_port(int mr, const float *a, int64_t a_rs, int64_t a_cs, const float *panel, int64_t kc, float *c,
+                           int64_t ldc, int nr) {
     float acc[MB_MR][MB_NR];
     memset(acc, 0, sizeof acc);
     for (int64_t k = 0; k < kc; k++) {
@@ -160,8 +160,8 @@ MB_AVX2_INLINE void mb_pack_avx2_t(const lf_dtype dt, float *panel, const void *
     }
     for (int64_t k = 0; k < kc; k++) {
         float *p = panel + k * MB_NR;
-        for (int n = 0; n < nr; n++) p[n] = dt == LF_DTYPE_F16 ? _cvtsh_ss(((const uint16_t *)b)[k * ldb + n])
-                                                               : w_get(b, dt, k * ldb + n);
+        for (int n = 0; n < nr; n++)
+            p[n] = dt == LF_DTYPE_F16 ? _cvtsh_ss(((const uint16_t *)b)[k * ldb + n]) : w_get(b, dt, k * ldb + n);
         for (int n = nr; n < MB_NR; n++) p[n] = 0.0f;
     }
 }
@@ -289,8 +289,8 @@ static void mb_chunk(void *vjob, int64_t b, int64_t e, int tid, int simd) {
 #endif
                 mb_pack_port(panel, bp, j->bdt, j->ldb, nr, kc);
                 for (int64_t m = m0, g = 0; m < m1; m += MB_MR, g++)
-                    mb_kernel_port((int)min64(MB_MR, m1 - m), a + g * a_gs, a_rs, a_cs, panel, kc, j->c + m * j->ldc + n,
-                                   j->ldc, nr);
+                    mb_kernel_port((int)min64(MB_MR, m1 - m), a + g * a_gs, a_rs, a_cs, panel, kc,
+                                   j->c + m * j->ldc + n, j->ldc, nr);
             }
         }
     }
@@ -305,8 +305,21 @@ static void mb_gemm(lf_backend *be, float *c, int64_t ldc, const float *a, int64
     if (M == 0 || N == 0 || K == 0) return;
     const int acol = a_cs != 1;
     LF_ASSERT(!acol || a_rs == 1);
-    mb_job j = {.be = be, .c = c, .ldc = ldc, .a = a, .a_rs = a_rs, .a_cs = a_cs, .b = b, .bdt = bdt, .ldb = ldb,
-                .M = M, .N = N, .K = K, .mt = acol ? MBA_MT : MB_MT, .nt = acol ? MBA_NT : MB_NT, .kc = acol ? MBA_KC : MB_KC,
+    mb_job j = {.be = be,
+                .c = c,
+                .ldc = ldc,
+                .a = a,
+                .a_rs = a_rs,
+                .a_cs = a_cs,
+                .b = b,
+                .bdt = bdt,
+                .ldb = ldb,
+                .M = M,
+                .N = N,
+                .K = K,
+                .mt = acol ? MBA_MT : MB_MT,
+                .nt = acol ? MBA_NT : MB_NT,
+                .kc = acol ? MBA_KC : MB_KC,
                 .acol = acol};
     const int64_t want = 4 * (int64_t)lf_backend_cpu_threads(be);
 #define MB_TILES(mt, nt) (((M + (mt)-1) / (mt)) * ((N + (nt)-1) / (nt)))
@@ -365,8 +378,7 @@ static lf_status q4_check(lf_backend *be, const char *op, const struct lf_quant_
     if (T < 0 || C < 0 || OC < 0)
         return lf_err_set(&be->err, LF_EINVAL, "%s: negative size T=%lld C=%lld OC=%lld", op, (long long)T,
                           (long long)C, (long long)OC);
-    if (!w || !w->packed)
-        return lf_err_set(&be->err, LF_EINVAL, "%s: the 4-bit weight is NULL or empty", op);
+    if (!w || !w->packed) return lf_err_set(&be->err, LF_EINVAL, "%s: the 4-bit weight is NULL or empty", op);
     if (w->rows != OC || w->cols != C)
         return lf_err_set(&be->err, LF_EINVAL, "%s: 4-bit weight is [%lld, %lld], want [OC=%lld, C=%lld]", op,
                           (long long)w->rows, (long long)w->cols, (long long)OC, (long long)C);

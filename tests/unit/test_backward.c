@@ -288,9 +288,9 @@ static void test_matmul_backward_case(lf_dtype dt, int64_t T, int64_t C, int64_t
 static void test_matmul_backward(void) {
     const lf_dtype dts[] = {LF_DTYPE_F32, LF_DTYPE_BF16, LF_DTYPE_F16};
     /* ragged sizes, T = 1, LoRA shapes (OC or C = rank 8/16), K = OC or T beyond one 256 block, several tiles */
-    const int64_t shapes[][3] = {{1, 1, 1},    {1, 7, 5},    {3, 16, 8},    {7, 13, 17},   {17, 64, 64},
-                                 {50, 33, 70}, {64, 200, 8}, {64, 16, 200}, {130, 300, 270}, {270, 70, 300},
-                                 {5, 1000, 3}, {300, 19, 17}};
+    const int64_t shapes[][3] = {{1, 1, 1},       {1, 7, 5},      {3, 16, 8},   {7, 13, 17},
+                                 {17, 64, 64},    {50, 33, 70},   {64, 200, 8}, {64, 16, 200},
+                                 {130, 300, 270}, {270, 70, 300}, {5, 1000, 3}, {300, 19, 17}};
     for (int d = 0; d < 3; d++)
         for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
             test_matmul_backward_case(dts[d], shapes[i][0], shapes[i][1], shapes[i][2], 1, 1);
@@ -333,7 +333,8 @@ static void test_q4_case(int64_t T, int64_t C, int64_t OC, int64_t B, lf_quant_t
     float *deq = falloc(OC * C);
     lf_quant_dequantize_f32_ref(deq, &qs, &err);
     lf_tensor wt = lf_tensor_view(deq, LF_DTYPE_F32, 2, (int64_t[]){OC, C});
-    float *dout = frand(T * OC, -1, 1), *din0 = frand(T * C, -1, 1), *inp = frand(T * C, -1, 1), *bias = frand(OC, -1, 1);
+    float *dout = frand(T * OC, -1, 1), *din0 = frand(T * C, -1, 1), *inp = frand(T * C, -1, 1),
+          *bias = frand(OC, -1, 1);
 
     /* backward: the q4 ref and the f32 ref on the dequantized weight both sum the same products in double in
      * the same order and round once: identical results (tol 0). */
@@ -385,7 +386,7 @@ static void test_q4_case(int64_t T, int64_t C, int64_t OC, int64_t B, lf_quant_t
 }
 
 static void test_q4(void) {
-    const int64_t shapes[][4] = {{1, 64, 5, 64},   {7, 100, 9, 32},  {33, 130, 70, 64}, {250, 64, 130, 64},
+    const int64_t shapes[][4] = {{1, 64, 5, 64},    {7, 100, 9, 32},  {33, 130, 70, 64}, {250, 64, 130, 64},
                                  {13, 200, 3, 128}, {2, 2049, 5, 32}, {20, 16, 300, 64}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         test_q4_case(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], i % 2 ? LF_QUANT_FP4 : LF_QUANT_NF4,
@@ -711,7 +712,8 @@ static void test_attention_case(int64_t T, int64_t H, int64_t KH, int64_t D, int
     for (int ci = 0; ci < NCFG; ci++) {
         lf_backend *be = use_cfg(ci);
         float *go = alloc_out(NQ, NULL), *gl = alloc_out(T * H, NULL);
-        lf_status s = st != LF_OK ? st : be->ops->attention_train_forward(be, go, gl, q, k, v, pos, T, H, KH, D, window, scale);
+        lf_status s =
+            st != LF_OK ? st : be->ops->attention_train_forward(be, go, gl, q, k, v, pos, T, H, KH, D, window, scale);
         double r = fmax(worst_ratio(go, out, NQ, tout, 0, 0), worst_ratio(gl, lse, T * H, tlse, 0, 0));
         if (!guard_ok(go, NQ) || !guard_ok(gl, T * H)) r = INFINITY;
         case_record(&cf, ci, s, r);
@@ -719,13 +721,8 @@ static void test_attention_case(int64_t T, int64_t H, int64_t KH, int64_t D, int
         s = st != LF_OK ? st
                         : be->ops->attention_backward(be, wq ? gq : NULL, wk ? gk : NULL, wv ? gv : NULL, dout, q, k, v,
                                                       out, lse, pos, T, H, KH, D, window, scale);
-        r = fmax(worst_ratio(gq, rq, NQ, tq, 0, 0), fmax(worst_ratio(gk, rk, NK, tk, 0, 0), worst_ratio(gv, rv, NK, tv, 0, 0)));
-        if (getenv("H1DBG") && r > 1) {
-            printf("dq %g dk %g dv %g\n", worst_ratio(gq, rq, NQ, tq, 0, 0), worst_ratio(gk, rk, NK, tk, 0, 0), worst_ratio(gv, rv, NK, tv, 0, 0));
-            for (int64_t i = 0; i < NQ; i++) if (fabs(gq[i]-rq[i]) > tq[i]) printf("dq[%lld] got %.9g ref %.9g old %.9g tol %.3g\n", (long long)i, gq[i], rq[i], dq0[i], tq[i]);
-            for (int64_t i = 0; i < NK; i++) if (fabs(gk[i]-rk[i]) > tk[i]) printf("dk[%lld] got %.9g ref %.9g old %.9g tol %.3g\n", (long long)i, gk[i], rk[i], dk0[i], tk[i]);
-            for (int64_t i = 0; i < NK; i++) if (fabs(gv[i]-rv[i]) > tv[i]) printf("dv[%lld] got %.9g ref %.9g old %.9g tol %.3g\n", (long long)i, gv[i], rv[i], dv0[i], tv[i]);
-        }
+        r = fmax(worst_ratio(gq, rq, NQ, tq, 0, 0),
+                 fmax(worst_ratio(gk, rk, NK, tk, 0, 0), worst_ratio(gv, rv, NK, tv, 0, 0)));
         if (!guard_ok(gq, NQ) || !guard_ok(gk, NK) || !guard_ok(gv, NK)) r = INFINITY;
         case_record(&cb, ci, s, r);
         free(go), free(gl), free(gq), free(gk), free(gv);
@@ -755,7 +752,7 @@ static void test_attention(void) {
                 test_attention_case(shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], pk, windows[w],
                                     n % 5 == 4 ? subsets[(n / 5) % 5] : 7);
             }
-    test_attention_case(0, 2, 1, 8, 0, 0, 7);   /* empty */
+    test_attention_case(0, 2, 1, 8, 0, 0, 7);    /* empty */
     test_attention_case(19, 4, 2, 16, 1, 1, 7);  /* window 1: each query sees itself only */
     test_attention_case(19, 4, 2, 16, 2, -1, 7); /* negative window = no window */
 
@@ -823,10 +820,13 @@ static void test_attention_fd(int64_t T, int64_t H, int64_t KH, int64_t D, int p
     fd_grad(fq, qd, NQ, att_loss, &ctx);
     fd_grad(fk, kd, NK, att_loss, &ctx);
     fd_grad(fv, vd, NK, att_loss, &ctx);
-    double r = fmax(fd_ratio(gq, fq, NQ, FD_TOL_ATT), fmax(fd_ratio(gk, fk, NK, FD_TOL_ATT), fd_ratio(gv, fv, NK, FD_TOL_ATT)));
+    double r = fmax(fd_ratio(gq, fq, NQ, FD_TOL_ATT),
+                    fmax(fd_ratio(gk, fk, NK, FD_TOL_ATT), fd_ratio(gv, fv, NK, FD_TOL_ATT)));
     /* the forward itself: out vs the f64 forward's softmax(s) v (f32 output rounding only: tol 1e-6 rms-relative) */
-    check(st == LF_OK && r <= 1.0, "fd attention_backward_ref T=%lld H=%lld KH=%lld D=%lld pos kind %d window %lld  "
-          "err/tol=%.3g", (long long)T, (long long)H, (long long)KH, (long long)D, pos_kind, (long long)window, r);
+    check(st == LF_OK && r <= 1.0,
+          "fd attention_backward_ref T=%lld H=%lld KH=%lld D=%lld pos kind %d window %lld  "
+          "err/tol=%.3g",
+          (long long)T, (long long)H, (long long)KH, (long long)D, pos_kind, (long long)window, r);
     free(q), free(k), free(v), free(dout), free(out), free(lse), free(gq), free(gk), free(gv), free(qd), free(kd),
         free(vd), free(wd), free(fq), free(fk), free(fv);
 }
@@ -841,7 +841,8 @@ static void test_swiglu_backward(void) {
             if (which != 3 && N > 1000) continue;
             float *g = frand(N, -12, 12), *u = frand(N, -2, 2), *dy = frand(N, -1, 1);
             float *dg0 = frand(N, -1, 1), *du0 = frand(N, -1, 1);
-            if (N > 4) g[0] = -100.0f, g[1] = 100.0f, g[2] = 0.0f, g[3] = -1.2785f; /* exp over/underflow, 0, near dsilu=0 */
+            if (N > 4)
+                g[0] = -100.0f, g[1] = 100.0f, g[2] = 0.0f, g[3] = -1.2785f; /* exp over/underflow, 0, near dsilu=0 */
             float *rg = alloc_out(N, dg0), *ru = alloc_out(N, du0);
             lf_cpu_swiglu_backward_ref(which & 1 ? rg : NULL, which & 2 ? ru : NULL, dy, g, u, N);
             /* ~10 f32 operations (exp8 2 ulp, one division) on terms bounded by
@@ -862,7 +863,8 @@ static void test_swiglu_backward(void) {
                 case_record(&cr, ci, s, r);
                 free(a), free(b);
             }
-            case_finish(&cr, "swiglu_backward N=%lld%s%s", (long long)N, which & 1 ? " dgate" : "", which & 2 ? " dup" : "");
+            case_finish(&cr, "swiglu_backward N=%lld%s%s", (long long)N, which & 1 ? " dgate" : "",
+                        which & 2 ? " dup" : "");
             free(g), free(u), free(dy), free(dg0), free(du0), free(rg), free(ru), free(tg), free(tu);
         }
 }
@@ -951,8 +953,9 @@ static void test_crossentropy_case(int64_t R, int64_t V, float spread, int alias
         tl[r] = e + U * (2 * fabs(lse) + fabs(lse - x[r * V + tg[r]]) + fabs(m)) + 1e-30;
         for (int64_t v = 0; v < V; v++) {
             const double p = exp((double)x[r * V + v] - lse);
-            td[r * V + v] = fabs(dscale) * (p * (e + 2 * tl[r] + U * fabs(x[r * V + v] - lse) + 4 * U) +
-                                             (v == tg[r] ? 2 * U : 0)) + 1e-30;
+            td[r * V + v] =
+                fabs(dscale) * (p * (e + 2 * tl[r] + U * fabs(x[r * V + v] - lse) + 4 * U) + (v == tg[r] ? 2 * U : 0)) +
+                1e-30;
         }
     }
     case_res cr;
@@ -1033,8 +1036,8 @@ static void test_crossentropy_fd(void) {
         ce_fd one = {xd + row * V, tg + row, 1, V, 1.0};
         ok_loss &= fabs(l[row] - ce_loss(&one)) <= 0x1p-23 * fabs(ce_loss(&one)) + 1e-30;
     }
-    check(st == LF_OK && r <= 1.0 && ok_loss, "fd crossentropy_ref R=%lld V=%lld  err/tol=%.3g, losses %s", (long long)R,
-          (long long)V, r, ok_loss ? "match" : "DIFFER");
+    check(st == LF_OK && r <= 1.0 && ok_loss, "fd crossentropy_ref R=%lld V=%lld  err/tol=%.3g, losses %s",
+          (long long)R, (long long)V, r, ok_loss ? "match" : "DIFFER");
     free(x), free(l), free(d), free(xd), free(fd);
 }
 
@@ -1045,7 +1048,8 @@ int main(void) {
     uint64_t seed = env && *env ? strtoull(env, NULL, 0) : ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32));
     rng_state = seed;
     printf("test_backward: seed %llu (set LF_TEST_SEED to repeat)\n", (unsigned long long)seed);
-    printf("AVX2 %s\n", lf_cpu_set_simd(1) ? "available" : "not available: the avx2 configurations run the portable path");
+    printf("AVX2 %s\n",
+           lf_cpu_set_simd(1) ? "available" : "not available: the avx2 configurations run the portable path");
     for (int ci = 0; ci < NCFG; ci++) {
         cfgs[ci].be = lf_backend_cpu_create(cfgs[ci].threads);
         if (!cfgs[ci].be) {
