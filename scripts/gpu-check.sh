@@ -6,7 +6,8 @@
 #       configure + build into build-gpu/ (LF_CUDA=ON, archs 80;86;89;90), record the commit in
 #       build-gpu/COMMIT, and copy the shared libraries a bare machine may lack into build-gpu/lib/.
 #   scripts/gpu-check.sh run [OUTDIR]   on the GPU machine, in a copy of the repo with build-gpu/ carried:
-#       nvidia-smi, every gpu-labelled test, the build-gpu/bench_* benchmarks, and a markdown report
+#       nvidia-smi, every gpu-labelled test (tests/gpu/test_*.c: test_cuda_ops, test_cuda_quant, ...), the
+#       build-gpu/bench_* benchmarks (bench_quant with --require-cuda), and a markdown report
 #       OUTDIR/gpu-report-<date>.md (OUTDIR: the argument, else $OUT, else docs/perf/). Exit 1 when a gpu
 #       test fails (a test that exits 77, "skipped", is not a failure); 2 on a usage or setup error.
 #
@@ -25,7 +26,7 @@ LIBDIR="$BUILD/lib"
 ARCHS="80;86;89;90"
 
 die() { echo "gpu-check: $*" >&2; exit 2; }
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 # Base-system libraries every Linux GPU machine has, never copied: glibc's parts, the C++ runtime (copying an
 # older libstdc++ in front of the system's would break newer programs started with our LD_LIBRARY_PATH) and the
@@ -216,6 +217,8 @@ do_run() {
           --seed 1 --max-pos 4096 >>"$log" 2>&1 || echo "make-tiny failed (see log)" | tee -a "$log"
       fi
       args=(--model "$model" --prompt-len 128 --decode 16)
+    elif [ "$name" = bench_quant ]; then
+      args=(--require-cuda) # 4-bit dequantize / GEMV on CPU and GPU; a missing CUDA part is an error here
     fi
     rc=0
     out=$(timeout "$bto" "$b" "${args[@]}" 2>&1) || rc=$?

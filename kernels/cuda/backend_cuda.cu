@@ -3,8 +3,11 @@
  *
  * Lifetimes: lf_backend_cuda_create allocates everything the backend needs up front (stream, cuBLASLt and
  * cuBLAS handles, a 32 MiB cuBLASLt workspace, a pinned error flag); the only later growth is matmul's
- * bf16/f16 copy of its input (see matmul.cu). destroy (via lf_backend_free) waits for the stream, then frees
- * all of it and the lf_backend itself.
+ * bf16/f16 copy of its input (see matmul.cu) and matmul_q4's bf16 copy of a 4-bit weight (quant.cu).
+ * destroy (via lf_backend_free) waits for the stream, then frees all of it and the lf_backend itself.
+ *
+ * be->ctx is a cuda_ctx_full: the lf_cuda_ctx every op file sees (first member, so lf_cuda_ctx_of's cast
+ * holds) followed by state of op families declared in their own headers (cuda_quant.h's workspace).
  *
  * Ordering: every op and copy is queued on the context's one stream, so ops see each other's results in
  * call order. upload and download return only when the copy is done (the host may reuse or read its buffer
@@ -14,7 +17,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/log.h" /* defines: LF_LOG */
+#include "core/log.h"                 /* defines: LF_LOG */
+#include "kernels/cuda/cuda_quant.h" /* defines: lf_cuda_matmul_q4_forward, lf_cuda_q4_ws */
+
+/* The context as allocated (see the header comment). */
+typedef struct cuda_ctx_full {
+    lf_cuda_ctx cx;    /* first: be->ctx points here */
+    lf_cuda_q4_ws q4;  /* matmul_q4's bf16 weight workspace (quant.cu) */
+} cuda_ctx_full;
+
+extern "C" lf_cuda_q4_ws *lf_cuda_q4_ws_of(lf_backend *be) { return &((cuda_ctx_full *)be->ctx)->q4; }
 
 /* ---------------------------------------------------------------------------------------------------------
  * Context teardown (shared by destroy and create's failure path; every member may be unset)
@@ -28,6 +40,7 @@ static void cuda_ctx_release(lf_cuda_ctx *cx) {
     if (cx->lt) (void)cublasLtDestroy(cx->lt);
     if (cx->lt_ws) (void)cudaFree(cx->lt_ws);
     if (cx->act16) (void)cudaFree(cx->act16);
+    lf_cuda_q4_ws_release(&((cuda_ctx_full *)cx)->q4);
     if (cx->d_flag) (void)cudaFree(cx->d_flag);
     if (cx->h_flag) (void)cudaFreeHost(cx->h_flag);
     if (cx->stream) (void)cudaStreamDestroy(cx->stream);
@@ -119,6 +132,18 @@ static const lf_backend_ops cuda_ops = {
     /* swiglu_forward */ lf_cuda_swiglu_forward,
     /* residual_forward */ lf_cuda_residual_forward,
     /* softmax_forward */ lf_cuda_softmax_forward,
+    /* matmul_q4_forward */ lf_cuda_matmul_q4_forward,
+    /* not on CUDA yet (NULL = unsupported, see LF_BACKEND_SUPPORTS): */
+    /* attention_paged_forward */ NULL,
+    /* matmul_backward */ NULL,
+    /* matmul_q4_backward */ NULL,
+    /* rmsnorm_backward */ NULL,
+    /* rope_backward */ NULL,
+    /* attention_train_forward */ NULL,
+    /* attention_backward */ NULL,
+    /* swiglu_backward */ NULL,
+    /* axpy */ NULL,
+    /* crossentropy_forward_backward */ NULL,
 };
 
 /* ---------------------------------------------------------------------------------------------------------
@@ -164,7 +189,7 @@ extern "C" lf_backend *lf_backend_cuda_create(int ordinal, lf_err *err) {
 
     be = (lf_backend *)calloc(1, sizeof *be);
     LF_CHECK_ALLOC(be, err);
-    cx = (lf_cuda_ctx *)calloc(1, sizeof *cx);
+    cx = (lf_cuda_ctx *)calloc(1, sizeof(cuda_ctx_full)); /* &full->cx == full: cuda_ctx_release frees it */
     LF_CHECK_ALLOC(cx, err);
     cx->ordinal = ordinal;
     cx->cc_major = prop.major;
