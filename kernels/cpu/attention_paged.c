@@ -156,36 +156,14 @@ static LF_CPU_AVX2 void pa_item_avx2(const pa_job *J, int64_t t, int64_t h) {
         float bm = -INFINITY;
         for (int64_t jj = 0; jj < n; jj++) {
             const float *kv = J->k + off[jj];
-            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-            int64_t d = 0;
-            for (; d + 16 <= D; d += 16) {
-                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(qv + d), _mm256_loadu_ps(kv + d), s0);
-                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(qv + d + 8), _mm256_loadu_ps(kv + d + 8), s1);
-            }
-            if (d < D8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(qv + d), _mm256_loadu_ps(kv + d), s0);
-            float s = lf_cpu_hsum8(_mm256_add_ps(s0, s1));
-            for (d = D8; d < D; d++) s += qv[d] * kv[d];
-            s *= J->scale;
+            float s = lf_cpu_att_dot(qv, kv, D, D8) * J->scale;
             sc[jj] = s;
             if (s > bm) bm = s;
         }
-        if (bm > m) { /* rescale what was accumulated under the old max (nothing yet when m = -inf) */
-            float corr = expf(m - bm);
-            __m256 cv = _mm256_set1_ps(corr);
-            int64_t d = 0;
-            for (; d < D8; d += 8) _mm256_store_ps(acc + d, _mm256_mul_ps(_mm256_load_ps(acc + d), cv));
-            for (; d < D; d++) acc[d] *= corr;
-            l *= corr;
-            m = bm;
-        }
-        const __m256 mv = _mm256_set1_ps(m);
-        int64_t jj = 0;
-        for (; jj + 8 <= n; jj += 8) _mm256_store_ps(sc + jj, lf_cpu_exp8(_mm256_sub_ps(_mm256_load_ps(sc + jj), mv)));
-        if (jj < n) {
-            __m256i mask = lf_cpu_mask8(n - jj);
-            _mm256_maskstore_ps(sc + jj, mask, lf_cpu_exp8(_mm256_sub_ps(_mm256_maskload_ps(sc + jj, mask), mv)));
-        }
-        for (jj = 0; jj < n; jj++) {
+        /* rescale what was accumulated under the old max, then exponentiate the chunk's scores */
+        lf_cpu_att_rescale(acc, D, D8, &m, &l, bm);
+        lf_cpu_att_exp_shift(sc, n, m);
+        for (int64_t jj = 0; jj < n; jj++) {
             const float e = sc[jj];
             const float *vv = J->v + off[jj];
             const __m256 ev = _mm256_set1_ps(e);

@@ -299,23 +299,10 @@ static LF_CPU_AVX2 void attf_item_avx2(const attf_job *J, int64_t t, int64_t h) 
             sc[jj] = s;
             if (s > bm) bm = s;
         }
-        if (bm > m) { /* rescale what was accumulated under the old max (nothing yet when m = -inf) */
-            const float corr = expf(m - bm);
-            const __m256 cv = _mm256_set1_ps(corr);
-            int64_t d = 0;
-            for (; d < D8; d += 8) _mm256_store_ps(acc + d, _mm256_mul_ps(_mm256_load_ps(acc + d), cv));
-            for (; d < D; d++) acc[d] *= corr;
-            l *= corr;
-            m = bm;
-        }
-        const __m256 mv = _mm256_set1_ps(m);
-        int64_t jj = 0;
-        for (; jj + 8 <= n; jj += 8) _mm256_store_ps(sc + jj, lf_cpu_exp8(_mm256_sub_ps(_mm256_load_ps(sc + jj), mv)));
-        if (jj < n) {
-            const __m256i mask = lf_cpu_mask8(n - jj);
-            _mm256_maskstore_ps(sc + jj, mask, lf_cpu_exp8(_mm256_sub_ps(_mm256_maskload_ps(sc + jj, mask), mv)));
-        }
-        for (jj = 0; jj < n; jj++) l += sc[jj];
+        /* rescale what was accumulated under the old max, then exponentiate the chunk's scores */
+        lf_cpu_att_rescale(acc, D, D8, &m, &l, bm);
+        lf_cpu_att_exp_shift(sc, n, m);
+        for (int64_t jj = 0; jj < n; jj++) l += sc[jj];
         axpys_avx2(acc, sc, J->v + (j0 * KH + g) * D, KH * D, n, D);
     }
     float *o = J->out + (t * J->H + h) * D;

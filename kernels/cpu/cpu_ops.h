@@ -14,6 +14,7 @@
 #ifndef LF_KERNELS_CPU_CPU_OPS_H
 #define LF_KERNELS_CPU_CPU_OPS_H
 
+#include <math.h>
 #include <stdint.h>
 
 #include "core/status.h"
@@ -233,6 +234,47 @@ static inline LF_CPU_AVX2 __m256 lf_cpu_exp8(__m256 x) {
 /* Mask selecting the first n (0..8) lanes, for _mm256_maskload_ps / _mm256_maskstore_ps. */
 static inline LF_CPU_AVX2 __m256i lf_cpu_mask8(int64_t n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* ---- online-softmax steps shared by the attention kernels (attention.c, attention_paged.c,
+ * attention_train.c). D8 = D rounded down to a multiple of 8; acc is 32-byte aligned. ---- */
+
+/* q . k over D (two 8-lane FMA chains, then the scalar tail from D8). */
+static inline LF_CPU_AVX2 float lf_cpu_att_dot(const float *qv, const float *kv, int64_t D, int64_t D8) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t d = 0;
+    for (; d + 16 <= D; d += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(qv + d), _mm256_loadu_ps(kv + d), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(qv + d + 8), _mm256_loadu_ps(kv + d + 8), s1);
+    }
+    if (d < D8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(qv + d), _mm256_loadu_ps(kv + d), s0);
+    float s = lf_cpu_hsum8(_mm256_add_ps(s0, s1));
+    for (d = D8; d < D; d++) s += qv[d] * kv[d];
+    return s;
+}
+
+/* A chunk's max bm exceeds the running max *m: rescale acc[D] and *l by exp(*m - bm) (nothing is accumulated
+ * yet when *m = -inf) and make bm the running max. */
+static inline LF_CPU_AVX2 void lf_cpu_att_rescale(float *acc, int64_t D, int64_t D8, float *m, float *l, float bm) {
+    if (!(bm > *m)) return;
+    const float corr = expf(*m - bm);
+    const __m256 cv = _mm256_set1_ps(corr);
+    int64_t d = 0;
+    for (; d < D8; d += 8) _mm256_store_ps(acc + d, _mm256_mul_ps(_mm256_load_ps(acc + d), cv));
+    for (; d < D; d++) acc[d] *= corr;
+    *l *= corr;
+    *m = bm;
+}
+
+/* sc[n] = exp(sc - m) in place; sc is 32-byte aligned. */
+static inline LF_CPU_AVX2 void lf_cpu_att_exp_shift(float *sc, int64_t n, float m) {
+    const __m256 mv = _mm256_set1_ps(m);
+    int64_t jj = 0;
+    for (; jj + 8 <= n; jj += 8) _mm256_store_ps(sc + jj, lf_cpu_exp8(_mm256_sub_ps(_mm256_load_ps(sc + jj), mv)));
+    if (jj < n) {
+        const __m256i mask = lf_cpu_mask8(n - jj);
+        _mm256_maskstore_ps(sc + jj, mask, lf_cpu_exp8(_mm256_sub_ps(_mm256_maskload_ps(sc + jj, mask), mv)));
+    }
 }
 #endif
 
