@@ -1088,6 +1088,11 @@ lf_status lf_config_load_flags(lf_train_config *cfg, int argc, char **argv, cons
             int b;
             if (k && k->type == LF_CFG_BOOL) {
                 if (next && parse_bool_text(next, &b)) value = argv[++i];
+                /* "--packing maybe": a word that is not a flag, key=value or a config file is a bad value of this
+                 * key (named in the error), not a positional config file that "cannot open" */
+                else if (next && strncmp(next, "--", 2) != 0 && !strchr(next, '=') && !looks_like_config_file(next) &&
+                         !lf_path_exists(next))
+                    value = argv[++i];
                 else value = "true";
             } else if (!k) {
                 if (next && strncmp(next, "--", 2) != 0 && !strchr(next, '=') && !looks_like_config_file(next)) i++;
@@ -1212,9 +1217,14 @@ static const char *at(const lf_train_config *cfg, const char *key, char *buf, si
     return buf;
 }
 
-static lf_status derive(lf_train_config *cfg, const char *key, const char *text, const char *why, lf_err *err) {
+/* Fill key from other keys unless the user gave it a value. unset: the key holds no value although it may have
+ * been given explicitly as none/null (e.g. hyperparameters.json "lora_alpha": "null"): derive it anyway, as
+ * LLaMA-Factory does for None, instead of running with the LF_CONFIG_UNSET sentinel. */
+static lf_status derive(lf_train_config *cfg, const char *key, const char *text, const char *why, int unset,
+                        lf_err *err) {
     const lf_config_key *k = lf_config_find_key(key);
-    if (cfg->origin[key_index(k)].src > LF_CFG_SRC_DERIVED) return LF_OK;
+    if (cfg->origin[key_index(k)].src > LF_CFG_SRC_DERIVED && !unset) return LF_OK;
+    cfg->origin[key_index(k)].src = LF_CFG_SRC_DEFAULT; /* so that set_key takes the derived value */
     cfg_val v = {V_SCALAR, 1, text, 0, NULL};
     return set_key(cfg, k, &v, LF_CFG_SRC_DERIVED, why, err);
 }
@@ -1247,7 +1257,7 @@ lf_status lf_config_validate(lf_train_config *cfg, lf_err *err) {
 
     /* lora */
     snprintf(num, sizeof num, "%lld", (long long)(2 * cfg->lora_rank));
-    LF_TRY(derive(cfg, "lora_alpha", num, "2 * lora_rank", err));
+    LF_TRY(derive(cfg, "lora_alpha", num, "2 * lora_rank", cfg->lora_alpha == LF_CONFIG_UNSET, err));
     cfg->lora_target_mask = 0;
     for (int i = 0; i < cfg->lora_target.n; i++) {
         const char *t = cfg->lora_target.items[i];
@@ -1283,7 +1293,7 @@ lf_status lf_config_validate(lf_train_config *cfg, lf_err *err) {
                           at(cfg, "val_size", a1, sizeof a1), at(cfg, "eval_dataset", a2, sizeof a2));
 
     /* evaluation */
-    if (cfg->eval_strategy != LF_STRATEGY_NO) LF_TRY(derive(cfg, "do_eval", "true", "eval_strategy", err));
+    if (cfg->eval_strategy != LF_STRATEGY_NO) LF_TRY(derive(cfg, "do_eval", "true", "eval_strategy", 0, err));
     if ((cfg->do_eval || cfg->eval_strategy != LF_STRATEGY_NO) && cfg->eval_dataset.n == 0 && cfg->val_size < 1e-6)
         return lf_err_set(err, LF_EINVAL,
                           "evaluation is on (do_eval = true%s, eval_strategy = %s%s) but there is no validation set: "
@@ -1292,7 +1302,7 @@ lf_status lf_config_validate(lf_train_config *cfg, lf_err *err) {
                           lf_config_enum_name(lf_config_find_key("eval_strategy"), cfg->eval_strategy),
                           at(cfg, "eval_strategy", a2, sizeof a2));
     format_double(cfg->logging_steps, num, sizeof num);
-    LF_TRY(derive(cfg, "eval_steps", num, "logging_steps", err));
+    LF_TRY(derive(cfg, "eval_steps", num, "logging_steps", cfg->eval_steps == LF_CONFIG_UNSET, err));
 
     /* schedule */
     if (cfg->max_steps <= 0 && !(cfg->num_train_epochs > 0))

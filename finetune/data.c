@@ -207,7 +207,9 @@ static lf_status parse_lines(loader *L, file_ctx *fc, const char *buf, size_t le
         while (k < e && (buf[k] == ' ' || buf[k] == '\t')) k++;
         if (k < e) {
             json_error_t je;
-            json_t *row = json_loadb(buf + i, e - i, JSON_ALLOW_NUL, &je);
+            /* JSON_DECODE_ANY: a valid scalar line ("text", 42, null) is a row that is not an object (skipped and
+             * reported like a list row), not malformed JSON */
+            json_t *row = json_loadb(buf + i, e - i, JSON_ALLOW_NUL | JSON_DECODE_ANY, &je);
             if (!row)
                 return lf_err_set(err, LF_EFORMAT, "%s:%lld:%d: invalid JSON: %s", fc->path, (long long)line, je.column,
                                   je.text);
@@ -297,7 +299,7 @@ static lf_status list_dir(const char *dir, char ***names, size_t *n, lf_err *err
         cnt++;
     }
     closedir(d);
-    qsort(v, cnt, sizeof *v, cmp_str);
+    if (cnt) qsort(v, cnt, sizeof *v, cmp_str); /* v is NULL for a directory without data files */
     *names = v;
     *n = cnt;
     return LF_OK;

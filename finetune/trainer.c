@@ -477,16 +477,20 @@ static void run_free(lf_run *r) {
     json_decref(r->history);
 }
 
-static void copy_tokenizer_files(const lf_run *r) {
+/* The model's tokenizer files that exist, copied into output_dir. A failed copy (disk full) is an error: the
+ * output would be incomplete. */
+static lf_status copy_tokenizer_files(const lf_run *r, lf_err *err) {
     static const char *files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                   "tokenizer.model", "chat_template.jinja", "chat_template.json"};
     char src[PATH_MAX], dst[PATH_MAX];
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         lf_err e;
         if (lf_path_join(src, sizeof src, r->cfg->model_name_or_path, files[i], &e) || !lf_path_exists(src)) continue;
-        if (lf_path_join(dst, sizeof dst, r->out, files[i], &e)) continue;
-        if (lf_file_copy(src, dst, &e)) LF_LOG(LF_LOG_WARN, "cannot copy %s: %s", src, e.msg);
+        lf_status st = lf_path_join(dst, sizeof dst, r->out, files[i], err);
+        if (!st) st = lf_file_copy(src, dst, err);
+        if (st) return lf_err_wrap(err, st, "copying the tokenizer file %s into output_dir", src);
     }
+    return LF_OK;
 }
 
 static lf_status write_final(lf_run *r, double train_runtime, lf_err *err) {
@@ -494,7 +498,7 @@ static lf_status write_final(lf_run *r, double train_runtime, lf_err *err) {
     char p[PATH_MAX + 64];
     json_t *all = NULL, *tr = NULL, *ev = NULL, *state = NULL, *args = NULL;
     LF_TRY(lf_peft_save(r->ad, r->out, LF_DTYPE_F32, err));
-    copy_tokenizer_files(r);
+    LF_TRY(copy_tokenizer_files(r, err));
     double epoch = (double)r->step / (double)r->updates_per_epoch;
     double train_loss = r->run_steps ? r->run_loss / (double)r->run_steps : NAN;
     tr = json_pack("{s:f, s:f, s:f, s:f, s:f}", "epoch", epoch, "train_loss", train_loss, "train_runtime", train_runtime,
@@ -571,6 +575,8 @@ lf_status lf_train_run(const lf_train_config *cfg, lf_train_result *res, lf_err 
     if (st == LF_ENOTFOUND) { /* fine for pre-tokenized data: lf_data_load says so otherwise */
         LF_LOG(LF_LOG_WARN, "%s has no tokenizer: only pre-tokenized rows (input_ids) can be used", cfg->model_name_or_path);
         st = LF_OK;
+        if (cfg->template_name && strcmp(cfg->template_name, "auto") != 0) /* a template that does not exist is */
+            LF_TRY(load_template(r, err));                                 /* an error even when unused */
     } else if (st) {
         goto fail;
     } else {
