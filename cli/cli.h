@@ -18,6 +18,7 @@ int lf_cmd_inspect(int argc, char **argv);
 int lf_cmd_chat_template(int argc, char **argv);
 int lf_cmd_tokenize(int argc, char **argv);
 int lf_cmd_detokenize(int argc, char **argv);
+int lf_cmd_serve(int argc, char **argv);
 
 /* Flag value parsing: on error print "loraforge CMD: --flag: ..." and return nonzero. */
 int lf_cli_need_value(const char *cmd, int argc, char **argv, int i);

@@ -20,6 +20,7 @@ static const command commands[] = {
     {"make-tiny", lf_cmd_make_tiny, "write a random-init Hugging Face model directory (tests, demo, benchmarks)"},
     {"score", lf_cmd_score, "write float32 logits [T, V] for a token sequence to a .npy file"},
     {"generate", lf_cmd_generate, "generate tokens from a prompt with a KV cache"},
+    {"serve", lf_cmd_serve, "SageMaker-compatible HTTP endpoint: base model + many LoRA adapters, continuous batching"},
     {"tokenize", lf_cmd_tokenize, "text on stdin -> token ids (tokenizer.json)"},
     {"detokenize", lf_cmd_detokenize, "token ids on stdin -> text (tokenizer.json)"},
     {"chat-template", lf_cmd_chat_template, "render a conversation with a chat template (as transformers apply_chat_template)"},

@@ -204,6 +204,7 @@ const lf_model_config *lf_model_get_config(const lf_model *m) { return &m->cfg; 
 int64_t lf_model_weight_bytes(const lf_model *m) { return m->weight_bytes; }
 const lf_model_memory *lf_model_get_memory(const lf_model *m) { return &m->mem; }
 const char *lf_model_dir(const lf_model *m) { return m->dir; }
+lf_backend *lf_model_backend(const lf_model *m) { return m->be; }
 
 const lf_quant_state *lf_model_linear_q4(const lf_model *m, int64_t layer, int mod) {
     if (layer < 0 || layer >= m->cfg.L || mod < 0 || mod >= LF_MOD_COUNT) return NULL;

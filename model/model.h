@@ -62,6 +62,8 @@ const lf_tensor *lf_model_linear_dense(const lf_model *m, int64_t layer, int mod
  * quantization_config, and every other file of the model directory (tokenizer, generation config) copied.
  * All files written atomically. out_dir must differ from the model directory. */
 lf_status lf_model_save_quantized(const lf_model *m, const char *out_dir, lf_err *err);
+/* The backend the model computes on (borrowed). */
+lf_backend *lf_model_backend(const lf_model *m);
 /* The directory the model was loaded from. */
 const char *lf_model_dir(const lf_model *m);
 void lf_model_free(lf_model *m);
