@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # demo.sh - set up, build, and run the main job end to end on the CPU with a tiny random model.
 # make-tiny -> inspect -> score -> generate -> quantize -> QLoRA fine-tune on the bundled dataset -> the adapter
-# answers the training questions where the base does not. Serving (issue 6) joins this script when it lands.
+# answers the training questions where the base does not -> serve the base + adapter over HTTP and query it ->
+# merge.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -56,6 +57,39 @@ ask "Who are you?" "I am Forge, a small assistant fine-tuned with loraforge."
 ask "What is your name?" "I am Forge, a small assistant fine-tuned with loraforge."
 ask "Convert 7 km to m." ""   # shown, not asserted: this tiny random base has not learned arithmetic yet
 [ "$ok" = 1 ] || { echo "demo: the adapter did not reproduce its training answers"; exit 1; }
+echo "== serve: the NF4 base + the adapter behind the SageMaker endpoint (/ping, /invocations) =="
+$LF serve --model "$OUT/forge-base" --quantization-bit 4 --adapter forge="$OUT/forge-adapter" \
+  --host 127.0.0.1 --port 0 > "$OUT/serve.log" 2>&1 &
+SRV=$!
+trap 'kill $SRV 2>/dev/null || true' EXIT
+PORT=""
+for _ in $(seq 300); do
+  PORT=$(sed -n 's/.*ready on http:\/\/[^:]*:\([0-9]*\).*/\1/p' "$OUT/serve.log")
+  [ -n "$PORT" ] && break
+  kill -0 $SRV 2>/dev/null || { cat "$OUT/serve.log"; echo "demo: serve exited"; exit 1; }
+  sleep 0.1
+done
+[ -n "$PORT" ] || { cat "$OUT/serve.log"; echo "demo: serve did not become ready"; exit 1; }
+URL="http://127.0.0.1:$PORT"
+echo "GET /ping -> $(curl -s -o /dev/null -w '%{http_code}' "$URL/ping")"
+printf '[{"role":"user","content":"Who are you?"}]' > "$OUT/q.json"
+p=$($LF chat-template --template alpaca --messages "$OUT/q.json" --add-generation-prompt; echo x); p=${p%x}
+esc=$(printf '%s' "$p" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' | awk '{printf "%s\\n", $0}')
+body="{\"inputs\": \"$esc\", \"parameters\": {\"max_new_tokens\": 20}}"
+echo "POST /invocations (base):"
+base=$(curl -s "$URL/invocations" -H 'Content-Type: application/json' -d "$body"); echo "   $base"
+echo "POST /invocations with X-Amzn-SageMaker-Adapter-Identifier: forge:"
+ad=$(curl -s "$URL/invocations" -H 'Content-Type: application/json' -H 'X-Amzn-SageMaker-Adapter-Identifier: forge' -d "$body")
+echo "   $ad"
+case "$ad" in *"I am Forge, a small assistant fine-tuned with loraforge."*) ;; *) ok=0 ;; esac
+case "$base" in *"I am Forge"*) ok=0 ;; esac
+echo "streamed (application/jsonlines, one token per line; first 3 lines):"
+curl -sN "$URL/invocations" -H 'X-Amzn-SageMaker-Adapter-Identifier: forge' \
+  -d "{\"inputs\": \"$esc\", \"parameters\": {\"max_new_tokens\": 20}, \"stream\": true}" | head -n 3 || true
+echo "GET /adapters -> $(curl -s "$URL/adapters")"
+kill -TERM $SRV; wait $SRV; trap - EXIT
+echo "serve: exited 0 on SIGTERM"
+[ "$ok" = 1 ] || { echo "demo: the served adapter did not answer its training question"; exit 1; }
 echo "== merge: fold the adapter into a plain model directory =="
 $LF merge --model "$OUT/forge-base" --adapter "$OUT/forge-adapter" --out "$OUT/forge-merged"
 echo "== demo done =="
