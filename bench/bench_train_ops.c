@@ -1,7 +1,8 @@
 /* bench_train_ops.c - CPU training-op throughput against the forward matmul and the FMA peak measured in the
  * same run (a benchmark, not a test).
  *
- *   matmul:    T=512, C=768, OC=2048 (--T/--C/--OC to change): forward out = inp @ W^T (BF16 W), backward
+ *   matmul:    T=512, C=768, OC=2048 (--T/--C/--OC to change): forward out = inp @ W^T (BF16 W, and F32 W:
+ *              the f32 matmul rate bench/bench_train.py divides the training FLOPs by), backward
  *              dinp += dout @ W (BF16 W), dweight += dout^T @ inp (F32), and the 4-bit (NF4, block 64) forward
  *              and backward; GFLOP/s at 2*T*C*OC per product.
  *   attention: T=512, H=12, KH=4, D=64, one row: training forward and backward; GFLOP/s at 4*D flops per
@@ -129,6 +130,7 @@ int main(int argc, char **argv) {
     uint16_t *wb = xalloc((size_t)(OC * C) * 2);
     for (int64_t i = 0; i < OC * C; i++) wb[i] = lf_f32_to_bf16(wf[i]);
     lf_tensor w = lf_tensor_view(wb, LF_DTYPE_BF16, 2, (int64_t[]){OC, C});
+    lf_tensor w32 = lf_tensor_view(wf, LF_DTYPE_F32, 2, (int64_t[]){OC, C});
     lf_quant_state q4;
     lf_err err;
     if (lf_quant_quantize(&q4, wf, LF_DTYPE_F32, OC, C, 64, LF_QUANT_NF4, 1, &err) != LF_OK) {
@@ -136,9 +138,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     const double mm_flop = 2.0 * (double)T * (double)C * (double)OC;
-    double t_fwd, t_din, t_dw, t_q4f, t_q4b;
+    double t_fwd, t_f32, t_din, t_dw, t_q4f, t_q4b;
     fprintf(stderr, "matmul T=%lld C=%lld OC=%lld ...\n", (long long)T, (long long)C, (long long)OC);
     TIME_IT(t_fwd, 3, 3, be->ops->matmul_forward(be, out, inp, &w, NULL, T, C, OC));
+    TIME_IT(t_f32, 3, 3, be->ops->matmul_forward(be, out, inp, &w32, NULL, T, C, OC));
     TIME_IT(t_din, 3, 3, be->ops->matmul_backward(be, dinp, NULL, dout, inp, &w, T, C, OC));
     TIME_IT(t_dw, 3, 3, be->ops->matmul_backward(be, NULL, dw, dout, inp, &w, T, C, OC));
     TIME_IT(t_q4f, 1, 2, be->ops->matmul_q4_forward(be, out, inp, &q4, NULL, T, C, OC));
@@ -161,12 +164,14 @@ int main(int argc, char **argv) {
 
     const double peak = fma_peak_gflops(be, nth);
     printf("{\"bench\":\"train_ops\",\"threads\":%d,\"simd\":%d,\"T\":%lld,\"C\":%lld,\"OC\":%lld,"
-           "\"fma_peak_gflops\":%.1f,\"matmul_forward_bf16_gflops\":%.1f,\"matmul_backward_dinp_bf16_gflops\":%.1f,"
+           "\"fma_peak_gflops\":%.1f,\"matmul_forward_bf16_gflops\":%.1f,\"matmul_forward_f32_gflops\":%.1f,"
+           "\"matmul_backward_dinp_bf16_gflops\":%.1f,"
            "\"matmul_backward_dweight_f32_gflops\":%.1f,\"matmul_q4_forward_gflops\":%.1f,"
            "\"matmul_q4_backward_gflops\":%.1f,\"attention_T\":%lld,\"attention_forward_gflops\":%.1f,"
            "\"attention_backward_gflops\":%.1f}\n",
            nth, lf_cpu_simd(), (long long)T, (long long)C, (long long)OC, peak, mm_flop / t_fwd * 1e-9,
-           mm_flop / t_din * 1e-9, mm_flop / t_dw * 1e-9, mm_flop / t_q4f * 1e-9, mm_flop / t_q4b * 1e-9, (long long)AT,
+           mm_flop / t_f32 * 1e-9, mm_flop / t_din * 1e-9, mm_flop / t_dw * 1e-9, mm_flop / t_q4f * 1e-9,
+           mm_flop / t_q4b * 1e-9, (long long)AT,
            4.0 * D * pairs / t_af * 1e-9, 8.0 * D * pairs / t_ab * 1e-9);
 
     lf_quant_state_free(&q4);
