@@ -3,8 +3,8 @@
  * Fast path, per call, all in the scratch buffers made at create:
  *   1. x[V] = processed logits (NaN -> -inf, repetition penalty, temperature), f32 as torch.
  *   2. greedy: argmax. Sampling: candidates = every id (top_k: x >= the k-th largest, found with a size-k
- *      min-heap for k <= LF_SAMPLE_SMALL, else by quickselect on a copy), weights e = wexp(x - max) in f32 (a branch-free exp the compiler vectorises), Z = their
- *      f64 sum.
+ *      min-heap for k <= LF_SAMPLE_SMALL, else by quickselect on a copy), weights e = wexp(x - max) in f32
+ *      (a branch-free exp the compiler vectorises), Z = their f64 sum.
  *   3. top_p: a histogram of the weights over d = max - x (LF_SAMPLE_BPU bins per nat) finds the bin b where
  *      the descending mass crosses the cut; only bins b-1..b+1 are sorted, the HF rule runs on them with the
  *      mass below added first, the bins above are kept whole (checked: the top of the sorted part is kept)
@@ -18,6 +18,12 @@
 #include "serve/sample.h"
 
 #include <math.h>
+
+/* Token choices must not depend on the compiler: no fused multiply-adds in wexp (GCC does not contract in ISO
+ * C mode, which the build uses; clang contracts unless told). */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,9 +43,10 @@ struct lf_sample_scratch {
     float *sel;     /* [V] quickselect work copy */
     float *e;       /* [V] weights wexp(x - max) by id (valid for the current candidates) */
     int32_t *list;  /* [V] candidate ids, index order */
-    sitem *it;      /* [V] candidates being sorted (walk order) */
-    double hmass[LF_SAMPLE_NB + 1];
-    int64_t hcnt[LF_SAMPLE_NB + 1];
+    sitem *it;      /* [V + 1] candidates being sorted (walk order) */
+    double hmass[LF_SAMPLE_NB + 1]; /* histogram of the candidates: weight per bin */
+    int64_t hcnt[LF_SAMPLE_NB + 1]; /* and count per bin */
+    int hmax;                       /* the last non-empty bin */
 };
 
 /* ---------------------------------------------------------------- shared semantics */
@@ -108,7 +115,7 @@ static void process(float *x, const float *logits, int64_t V, const int32_t *his
         for (int64_t i = 0; i < V; i++) x[i] = nan_to_ninf(x[i] / tf); /* tf > 0: no NaN, kept for safety */
 }
 
-/* max of x[0..n) ignoring NaN (-inf when none); 8 independent lanes so the compiler vectorises it (max
+/* max of x[0..n) ignoring NaN (-inf when none); 8 independent lanes, so 8 maxss chains run in parallel (max
  * ignoring NaN is order-independent, so the lanes change nothing but the speed). */
 static float max_skip_nan(const float *x, int64_t n) {
     float l[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
@@ -153,7 +160,8 @@ lf_status lf_sample_params_check(const lf_sample_params *p, lf_err *err) {
     if (!isfinite(p->temperature) || p->temperature < 0)
         return lf_err_set(err, LF_EINVAL, "temperature must be a finite number >= 0 (0 = greedy), got %g",
                           p->temperature);
-    if (!(p->top_p > 0 && p->top_p <= 1)) return lf_err_set(err, LF_EINVAL, "top_p must be in (0, 1], got %g", p->top_p);
+    if (!(p->top_p > 0 && p->top_p <= 1))
+        return lf_err_set(err, LF_EINVAL, "top_p must be in (0, 1], got %g", p->top_p);
     if (!isfinite(p->repetition_penalty) || !(p->repetition_penalty > 0))
         return lf_err_set(err, LF_EINVAL, "repetition_penalty must be a finite number > 0, got %g",
                           p->repetition_penalty);
@@ -351,7 +359,7 @@ lf_status lf_sample_scratch_create(int64_t V, lf_sample_scratch **out, lf_err *e
     LF_CHECK_ALLOC(s->e, err);
     s->list = malloc((size_t)V * sizeof *s->list);
     LF_CHECK_ALLOC(s->list, err);
-    s->it = malloc((size_t)V * sizeof *s->it);
+    s->it = malloc((size_t)(V + 1) * sizeof *s->it); /* +1: gather_sorted's branch-free store */
     LF_CHECK_ALLOC(s->it, err);
     *out = s;
     return LF_OK;
@@ -376,8 +384,8 @@ void lf_sample_scratch_free(lf_sample_scratch *s) {
  * LF_SAMPLE_BPU bins per nat, bin NB for d >= DMAX (and for everything but +inf under a +inf maximum). */
 static inline int bin_of(float x, float m) {
     if (m == INFINITY) return x == INFINITY ? 0 : LF_SAMPLE_NB;
-    float d = m - x;
-    if (!(d < (float)LF_SAMPLE_DMAX)) return LF_SAMPLE_NB;
+    float d = m - x, dmax = (float)LF_SAMPLE_DMAX;
+    d = d < dmax ? d : dmax; /* minss: -inf tokens (d = +inf) land in the overflow bin; no branch */
     return (int)(d * (float)LF_SAMPLE_BPU);
 }
 
@@ -394,12 +402,15 @@ static inline int32_t cand_id(const lf_sample_scratch *s, const cands *c, int64_
 static void hist_build(lf_sample_scratch *s, const cands *c, float m) {
     memset(s->hmass, 0, sizeof s->hmass);
     memset(s->hcnt, 0, sizeof s->hcnt);
+    int hmax = 0;
     for (int64_t j = 0; j < c->n; j++) {
         int32_t id = cand_id(s, c, j);
         int b = bin_of(s->x[id], m);
         s->hmass[b] += s->e[id];
         s->hcnt[b]++;
+        hmax = b > hmax ? b : hmax;
     }
+    s->hmax = hmax;
 }
 
 /* The kept set after top-k / top-p: the candidates in histogram bins < hb (unsorted; their masses are the
@@ -414,26 +425,30 @@ typedef struct {
     float m;    /* max processed logit (> -inf) */
 } kept_set;
 
-/* Sort the candidates with bin in [bmin, bmax] (bmax = NB: to the end) into s->it + at; returns their count.
- * tail (when not NULL) = sum of w/Z over the candidates past bmax (index order). */
-static int64_t gather_sorted(lf_sample_scratch *s, const cands *c, float m, int bmin, int bmax, double Z,
-                             int64_t at, double *tail) {
+/* Sort the candidates with bin in [bmin, bmax] into s->it + at (branch-free compaction: the bins of a
+ * flat distribution interleave at random; it stores one slot past the last kept item, at + count <= V, hence
+ * it[V + 1]); returns their count. The tokens already in s->it[0..at) are outside [bmin, bmax]. */
+static int64_t gather_sorted(lf_sample_scratch *s, const cands *c, float m, int bmin, int bmax, int64_t at) {
     int64_t k = 0;
-    double t = 0;
     sitem *it = s->it + at;
-    for (int64_t j = 0; j < c->n; j++) {
-        int32_t id = cand_id(s, c, j);
-        int b = (bmin == 0 && bmax >= LF_SAMPLE_NB) ? 0 : bin_of(s->x[id], m);
-        if (b > bmax) {
-            if (tail) t += s->e[id] / Z;
-        } else if (b >= bmin) {
-            it[k].x = s->x[id];
+    uint32_t span = (uint32_t)(bmax - bmin);
+    if (bmin == 0 && bmax >= LF_SAMPLE_NB) {
+        for (int64_t j = 0; j < c->n; j++) {
+            int32_t id = cand_id(s, c, j);
+            it[j].x = s->x[id];
+            it[j].id = id;
+        }
+        k = c->n;
+    } else {
+        for (int64_t j = 0; j < c->n; j++) {
+            int32_t id = cand_id(s, c, j);
+            float xv = s->x[id];
+            it[k].x = xv;
             it[k].id = id;
-            k++;
+            k += (uint32_t)(bin_of(xv, m) - bmin) <= span;
         }
     }
     items_sort(it, k);
-    if (tail) *tail = t;
     return k;
 }
 
@@ -522,14 +537,16 @@ static int fast_kept(lf_sample_scratch *s, const lf_sample_params *p, int64_t V,
             }
             if (b < LF_SAMPLE_NB) {
                 int b0 = b > 0 ? b - 1 : 0, b1 = b + 1;
-                double tail;
-                n = gather_sorted(s, c, m, b0, b1, Z, 0, &tail);
+                double tail = 0;
+                for (int i = b1 + 1; i <= LF_SAMPLE_NB; i++) tail += s->hmass[i];
+                tail /= Z;
+                n = gather_sorted(s, c, m, b0, b1, 0);
                 keep = top_p_cut(s, n, tail, Z, thr, b0 == 0);
                 if (keep >= 0) k->hb = b0;
             }
         }
         if (keep < 0) { /* small set, or the cut was not inside the gathered bins: sort every candidate */
-            n = gather_sorted(s, c, m, 0, LF_SAMPLE_NB, Z, 0, NULL);
+            n = gather_sorted(s, c, m, 0, LF_SAMPLE_NB, 0);
             keep = top_p_cut(s, n, 0.0, Z, thr, 1);
             k->hb = 0;
         }
@@ -542,7 +559,7 @@ static int fast_kept(lf_sample_scratch *s, const lf_sample_params *p, int64_t V,
     }
     k->S = Z;
     if (!c->all && c->n <= LF_SAMPLE_SMALL) { /* small top-k set: sort it, the draw walks it directly */
-        k->n = gather_sorted(s, c, m, 0, LF_SAMPLE_NB, Z, 0, NULL);
+        k->n = gather_sorted(s, c, m, 0, LF_SAMPLE_NB, 0);
         k->hb = 0;
     } else {
         k->n = 0;
@@ -563,17 +580,16 @@ static int32_t fast_draw(lf_sample_scratch *s, kept_set *k, double u) {
             hist_build(s, &k->c, k->m);
             k->hist = 1;
         }
-        int hb = k->hb <= LF_SAMPLE_NB ? k->hb : LF_SAMPLE_NB + 1, lastb = -1;
-        for (int b = 0; b < hb; b++)
-            if (s->hcnt[b] > 0) lastb = b;
+        /* with no sorted part, the last non-empty bin is walked whatever the bin sums say */
+        int hb = k->hb <= LF_SAMPLE_NB ? k->hb : LF_SAMPLE_NB + 1, lastb = k->n == 0 ? s->hmax : -1;
         for (int b = 0; b < hb; b++) {
             if (s->hcnt[b] == 0) continue;
-            if (!walking && !(acc + s->hmass[b] > target) && !(b == lastb && k->n == 0)) {
+            if (!walking && !(acc + s->hmass[b] > target) && b != lastb) {
                 acc += s->hmass[b];
                 continue;
             }
             walking = 1;
-            int64_t c = gather_sorted(s, &k->c, k->m, b, b, 1.0, k->n, NULL);
+            int64_t c = gather_sorted(s, &k->c, k->m, b, b, k->n);
             for (int64_t j = 0; j < c; j++) {
                 const sitem *t = &s->it[k->n + j];
                 double w = s->e[t->id];

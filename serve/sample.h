@@ -17,7 +17,8 @@
  *   among ties above), so a tie class cut by top_p keeps its highest ids. Then one draw u in [0,1) from the
  *   sequence's rng and inverse CDF over the kept tokens in descending order (the reverse of that ascending
  *   order: processed logit descending, id descending on ties): the first token whose running weight sum
- *   exceeds u * (total kept weight). Probabilities are computed in f64 (exp(x - max)).
+ *   exceeds u * (total kept weight). Weights exp(x - max) in f32 (our own ~1-ulp exp, the same bits on every
+ *   machine; 0 below e^-87, as f32 underflows), sums and normalisation in f64.
  *   +inf processed logits: the limit, uniform over the +inf tokens. If every processed logit is -inf the
  *   token is 0.
  *   log_prob / top alternatives: log_softmax of the RAW logits (the model's distribution, as vLLM and OpenAI
@@ -77,7 +78,8 @@ lf_status lf_sample_params_check(const lf_sample_params *p, lf_err *err);
 lf_status lf_sample_token(lf_sample_scratch *s, const lf_sample_params *p, lf_rng *rng, const float *logits,
                           int64_t V, const int32_t *history, int64_t n_hist, lf_sample_result *out, lf_err *err);
 
-/* The scalar reference: same contract, written plainly (sorting the full vocabulary, f64 sums). Used by the
+/* The scalar reference: same contract, written plainly (sorting the full vocabulary, f64 sums; the processing
+ * and the weight function are shared with the fast path, the raw log-softmax uses libm exp in f64). Used by the
  * tests; the fast path must pick the same token and agree on log-probs within 1e-5 absolute. Allocates. */
 lf_status lf_sample_token_ref(const lf_sample_params *p, lf_rng *rng, const float *logits, int64_t V,
                               const int32_t *history, int64_t n_hist, lf_sample_result *out, lf_err *err);
