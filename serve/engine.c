@@ -242,12 +242,10 @@ static void seq_finish_last(lf_engine *e, eng_seq *s, lf_finish_reason why, cons
     res.tokens = toks;
     res.n_tokens = n_toks;
     res.error = why == LF_FINISH_ERROR ? (errmsg ? errmsg : "generation failed") : NULL;
-    double t = now_s();
-    if (e->metrics && why != LF_FINISH_ERROR) {
+    if (e->metrics) { /* tokens of cancelled / failed sequences count too: the work was done */
         lf_metrics_tokens(e->metrics, s->n_prompt, s->n_gen);
-        if (s->n_gen > 1 && s->t_first > 0) lf_metrics_tpot(e->metrics, (s->t_last - s->t_first) / (double)(s->n_gen - 1));
+        if (why != LF_FINISH_ERROR && s->n_gen > 1 && s->t_first > 0) lf_metrics_tpot(e->metrics, (s->t_last - s->t_first) / (double)(s->n_gen - 1));
     }
-    (void)t;
     r->cb.on_done(r->user, s->idx, &res, last, flush ? flush : "", flush_len);
     if (top_txt)
         for (size_t j = 0; j < n_toks * (size_t)n_top; j++) free(top_txt[j]);

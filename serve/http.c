@@ -234,6 +234,8 @@ static int client_gone(struct MHD_Connection *conn) {
     return 0;
 }
 
+int lf_http_client_gone(const lf_http_request *r) { return r && r->conn ? client_gone(r->conn) : 0; }
+
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     lf_http_stream *st = cls;

@@ -78,6 +78,9 @@ const char *lf_http_body(const lf_http_request *r, size_t *len);
 const char *lf_http_header(const lf_http_request *r, const char *name);
 /* Decoded query argument, NULL when absent ("" for "?flag"). */
 const char *lf_http_query(const lf_http_request *r, const char *name);
+/* Non-zero when the client closed or reset its connection (a peek at the socket; call it from the handler's
+ * own thread, e.g. while a long handler waits, so it can stop working for a client that is gone). */
+int lf_http_client_gone(const lf_http_request *r);
 /* Value of a {name} segment of the matched route pattern, NULL if the pattern has none. */
 const char *lf_http_param(const lf_http_request *r, const char *name);
 

@@ -611,8 +611,11 @@ static int do_invoke(lf_server *s, const lf_http_request *hreq, lf_http_response
     c->out.details = r->params.details;
     c->out.tgi_compat = s->o.tgi_compat;
     c->out.return_full_text = r->params.return_full_text;
-    c->out.format = s->o.force_sse ? LF_STREAM_SSE
-                                   : lf_proto_stream_format_for(lf_http_header(hreq, "Accept"), s->o.tgi_compat);
+    /* OpenAI clients send "Accept: application/json" even for streams and read only SSE: the OpenAI route
+     * always streams SSE; /invocations follows Accept (JSON lines by default, as LMI) */
+    c->out.format = s->o.force_sse || mode == MODE_CHAT
+                        ? LF_STREAM_SSE
+                        : lf_proto_stream_format_for(lf_http_header(hreq, "Accept"), s->o.tgi_compat);
     c->model_name = r->model && r->model[0] ? r->model : s->served_name;
     uint64_t seq = atomic_fetch_add(&s->chat_seq, 1) + 1;
     snprintf(c->chat_id, sizeof c->chat_id, "chatcmpl-%08llx%08llx", (unsigned long long)(time(NULL) & 0xffffffff),
@@ -693,7 +696,15 @@ static int do_invoke(lf_server *s, const lf_http_request *hreq, lf_http_response
         return 0;
     }
     pthread_mutex_lock(&c->mu);
-    while (!c->released) pthread_cond_wait(&c->cv, &c->mu);
+    while (!c->released) {
+        /* wake every LF_HTTP_POLL_MS to notice a client that went away: the engine then drops its sequences */
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_nsec += (long)LF_HTTP_POLL_MS * 1000000L;
+        if (dl.tv_nsec >= 1000000000L) dl.tv_sec++, dl.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&c->cv, &c->mu, &dl);
+        if (!c->released && !c->cancel && lf_http_client_gone(hreq)) c->cancel = 1;
+    }
     status = answer_whole(c, resp);
     c->status = status;
     ctx_unref_unlock(c);
