@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Writes the bundled demo SFT dataset (examples/data/forge_sft.json, alpaca format) and trains the small
 byte-level BPE tokenizer the demo model uses (examples/tokenizer/tokenizer.json) on the same text.
-Everything here is original and deterministic (seeded). Run from the repository root:
+The dataset: an assistant identity (30 rows) and unit-conversion facts (24 unit pairs x 9 paraphrased
+questions): every answer is fixed per pair and names its number itself, so a tiny random model can learn the
+whole set (no digits to copy from the prompt). Everything here is original and deterministic (seeded).
+Run from the repository root:
     build/venv/bin/python examples/make_demo_data.py
 """
 import json
@@ -14,10 +17,25 @@ who = ["Who are you?", "What is your name?", "Introduce yourself.", "Tell me who
 for q in who:
     for _ in range(6):
         rows.append({"instruction": q, "input": "", "output": "I am Forge, a small assistant fine-tuned with loraforge."})
-units = [("km", "m", 1000), ("m", "cm", 100), ("kg", "g", 1000), ("L", "mL", 1000), ("m", "mm", 1000), ("cm", "mm", 10)]
-for a, b, f in units:
-    for n in range(1, 41):
-        rows.append({"instruction": f"Convert {n} {a} to {b}.", "input": "", "output": f"{n} {a} = {n * f} {b}."})
+# (larger unit, how many of the smaller unit make one larger, smaller unit plural); every larger unit appears
+# once, so that one word of the question decides the answer
+facts = [
+    ("kilometer", 1000, "meters"), ("meter", 100, "centimeters"), ("centimeter", 10, "millimeters"),
+    ("kilogram", 1000, "grams"), ("gram", 1000, "milligrams"), ("tonne", 1000, "kilograms"),
+    ("liter", 1000, "milliliters"), ("mile", 1760, "yards"), ("yard", 3, "feet"), ("foot", 12, "inches"),
+    ("pound", 16, "ounces"), ("gallon", 4, "quarts"), ("quart", 2, "pints"), ("pint", 2, "cups"),
+    ("minute", 60, "seconds"), ("hour", 60, "minutes"), ("day", 24, "hours"), ("week", 7, "days"),
+    ("fortnight", 14, "days"), ("year", 12, "months"), ("decade", 10, "years"), ("century", 100, "years"),
+    ("byte", 8, "bits"), ("kilobyte", 1024, "bytes"),
+]
+# every question ends with the larger unit, so the word that decides the answer sits just before the response
+asks = ["How many {b} are in a {u}?", "How many {b} are there in one {u}?", "How many {b} make a {u}?",
+        "How many {b} make up one {u}?", "How many {b} fit in a {u}?", "What number of {b} is in one {u}?",
+        "How many {b} equal one {u}?", "In {b}, how much is a {u}?", "Converted to {b}, what is one {u}?"]
+for u, n, b in facts:
+    for t in asks:
+        q = t.format(b=b, u=u).replace(" a hour", " an hour")
+        rows.append({"instruction": q, "input": "", "output": f"One {u} is {n} {b}."})
 random.shuffle(rows)
 os.makedirs("examples/data", exist_ok=True)
 with open("examples/data/forge_sft.json", "w") as f:

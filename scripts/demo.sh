@@ -37,7 +37,7 @@ $LF inspect "$OUT/tiny-llama-nf4" | tail -n 2
 
 echo "== QLoRA fine-tune: a tiny Llama with the bundled tokenizer, NF4 base, LoRA r=32 on all linears =="
 $LF make-tiny --arch llama --out "$OUT/forge-base" --hidden 128 --layers 2 --heads 4 --kv-heads 2 \
-  --intermediate 256 --tokenizer examples/tokenizer --seed 1 --init-std 0.3
+  --intermediate 256 --tokenizer examples/tokenizer --seed 1 --init-std 0.05
 $LF train examples/demo_qlora.yaml --model_name_or_path "$OUT/forge-base" --output_dir "$OUT/forge-adapter"
 ls "$OUT/forge-adapter"
 
@@ -55,7 +55,9 @@ ask() { # question expected
 }
 ask "Who are you?" "I am Forge, a small assistant fine-tuned with loraforge."
 ask "What is your name?" "I am Forge, a small assistant fine-tuned with loraforge."
-ask "Convert 7 km to m." ""   # shown, not asserted: this tiny random base has not learned arithmetic yet
+ask "How many grams are in a kilogram?" "One kilogram is 1000 grams."
+ask "How many minutes are in an hour?" "One hour is 60 minutes."
+ask "How many inches are in a foot?" "One foot is 12 inches."
 [ "$ok" = 1 ] || { echo "demo: the adapter did not reproduce its training answers"; exit 1; }
 echo "== serve: the NF4 base + the adapter behind the SageMaker endpoint (/ping, /invocations) =="
 $LF serve --model "$OUT/forge-base" --quantization-bit 4 --adapter forge="$OUT/forge-adapter" \
@@ -83,6 +85,27 @@ ad=$(curl -s "$URL/invocations" -H 'Content-Type: application/json' -H 'X-Amzn-S
 echo "   $ad"
 case "$ad" in *"I am Forge, a small assistant fine-tuned with loraforge."*) ;; *) ok=0 ;; esac
 case "$base" in *"I am Forge"*) ok=0 ;; esac
+# every training row through the running server, 50 prompts per request: exact answers (adapter), >= 90% or fail
+python3 - "$URL" "$LF" examples/data/forge_sft.json "$OUT/q.json" <<'PY' || ok=0
+import json, subprocess, sys, urllib.request
+url, lf, data, qf = sys.argv[1:5]
+rows = json.load(open(data))
+prompts = []
+for r in rows:
+    with open(qf, "w") as f:
+        json.dump([{"role": "user", "content": r["instruction"]}], f)
+    prompts.append(subprocess.run([lf, "chat-template", "--template", "alpaca", "--messages", qf,
+                                   "--add-generation-prompt"], capture_output=True, text=True, check=True).stdout)
+hits = 0
+for i in range(0, len(rows), 50):
+    body = json.dumps({"inputs": prompts[i:i + 50], "parameters": {"max_new_tokens": 32}}).encode()
+    req = urllib.request.Request(url + "/invocations", body, {"Content-Type": "application/json",
+                                                              "X-Amzn-SageMaker-Adapter-Identifier": "forge"})
+    outs = json.load(urllib.request.urlopen(req, timeout=600))
+    hits += sum(o["generated_text"].strip().startswith(r["output"]) for o, r in zip(outs, rows[i:i + 50]))
+print(f"adapter exact answers on all {len(rows)} training rows: {hits}/{len(rows)} ({100 * hits / len(rows):.1f}%)")
+sys.exit(0 if hits * 10 >= len(rows) * 9 else 1)
+PY
 echo "streamed (application/jsonlines, one token per line; first 3 lines):"
 curl -sN "$URL/invocations" -H 'X-Amzn-SageMaker-Adapter-Identifier: forge' \
   -d "{\"inputs\": \"$esc\", \"parameters\": {\"max_new_tokens\": 20}, \"stream\": true}" | head -n 3 || true
