@@ -6,13 +6,18 @@
  *               where the CPU table lacks the op); q4_gbs = 4-bit bytes read per second, eff_gbs = the bf16 weight's bytes
  *               (2*OC*C) per second, i.e. the bandwidth a bf16 GEMV would need to match it;
  *   gemv_bf16 : the backend's matmul_forward with a BF16 weight tensor, T = 1, GB/s of weight bytes;
+ *   matmul_q4 / matmul_bf16 at T = 4, 16 (small decode batches) and 128 (a prefill chunk), CPU: GFLOP/s;
  *   memcpy    : copying a buffer the size of the bf16 weight; GB/s = (read + written) bytes per second, as in
  *               bench_cpu_ops (read-only GB/s = half of it).
+ * CPU runs interleave: every figure of a shape is measured once per round (--rounds, default 3), rounds
+ * alternate over all ops, and each figure is the best over its rounds, so the ratios (q4 vs bf16 vs memcpy)
+ * compare times taken under the same conditions even on a shared machine.
  * CUDA (when built and a device exists): the same on the device, plus matmul_q4 at T = 8 (fused) and T = 64
  * (bf16 dequantize + cuBLASLt) against the bf16 matmul at the same T.
  * Every timed call reads a different copy of its weight, cycling through enough copies (>= --pool MiB, default
- * 512) that they come from DRAM/HBM, not cache. Per-call time = the best batch (one pass over the copies) of
- * those run in at least 0.3 s. CUDA times are host wall clock over a batch of queued calls then a synchronize:
+ * 512) that they come from DRAM/HBM, not cache (compute-bound CPU calls, T >= 16, cycle through 4 copies).
+ * Per-call time = the best batch (one pass over the copies) of those run in at least 0.3 s (CPU: 0.3 s / rounds
+ * per round). CUDA times are host wall clock over a batch of queued calls then a synchronize:
  * they include launch overhead, which dominates below ~5 us per call.
  * CPU threads: all online CPUs (or --threads N), then 1.
  * Output: one JSON line per measurement, then a human summary with ratios. --require-cuda: exit 1 when the
@@ -65,7 +70,13 @@ typedef struct result {
     double bf16_us, bf16_gbs;
     double memcpy_gbs;
     double q4_t8_us, bf16_t8_us, q4_t64_us, bf16_t64_us; /* CUDA only; 0 = not measured */
+    double q4_tn_us[3], bf16_tn_us[3];                  /* CPU only: T = CPU_TN[i]; 0 = not measured */
 } result;
+
+#define N_CPU_TN 3
+static const int64_t CPU_TN[N_CPU_TN] = {4, 16, 128};
+static int g_rounds = 3;
+static const char *g_simd_name = "";
 
 #define MAX_RESULTS 32
 static result results[MAX_RESULTS];
@@ -82,13 +93,13 @@ static void emit(const char *backend, int threads, int64_t OC, int64_t C, const 
 /* Best per-call seconds of fn over batches of `ncopy` calls (one per copy), >= MIN_TIME_S and >= 2 batches,
  * after one warm-up batch. sync (may be NULL) waits for queued work at the end of each batch. */
 typedef int (*call_fn)(void *ctx, int copy);
-static double time_calls(call_fn fn, void *ctx, int ncopy, int (*sync)(void *), void *sctx) {
+static double time_calls_for(call_fn fn, void *ctx, int ncopy, int (*sync)(void *), void *sctx, double min_s) {
     double best = 1e30, t_start = now_s();
     int batches = 0;
     for (int i = 0; i < ncopy; i++)
         if (fn(ctx, i)) return -1;
     if (sync && sync(sctx)) return -1;
-    while (batches < 2 || now_s() - t_start < MIN_TIME_S) {
+    while (batches < 2 || now_s() - t_start < min_s) {
         double t0 = now_s();
         for (int i = 0; i < ncopy; i++)
             if (fn(ctx, i)) return -1;
@@ -98,6 +109,10 @@ static double time_calls(call_fn fn, void *ctx, int ncopy, int (*sync)(void *), 
         batches++;
     }
     return best;
+}
+
+static double time_calls(call_fn fn, void *ctx, int ncopy, int (*sync)(void *), void *sctx) {
+    return time_calls_for(fn, ctx, ncopy, sync, sctx, MIN_TIME_S);
 }
 
 static int copies_for(size_t bytes, size_t pool_bytes) {
@@ -114,7 +129,8 @@ typedef struct cpu_ctx {
     int nq;
     lf_tensor *wb;         /* [nb] bf16 weight copies */
     int nb;
-    float *x, *y, *out32;  /* x [C], y [OC], out32 [n] */
+    float *x, *y, *out32;  /* x [128, C], y [128, OC], out32 [n] */
+    int64_t T;             /* tokens of the matmul_* calls */
     uint16_t *out16;       /* [n] */
     float *scratch;        /* [threads, LF_QUANT_MM_SCRATCH_FLOATS] */
     char *cpy_dst;         /* [2n] */
@@ -139,6 +155,17 @@ static int cpu_gemv_q4(void *c, int i) {
 static int cpu_gemv_bf16(void *c, int i) {
     cpu_ctx *j = c;
     return j->be->ops->matmul_forward(j->be, j->y, j->x, &j->wb[i % j->nb], NULL, 1, j->C, j->OC) != LF_OK;
+}
+static int cpu_mm_q4(void *c, int i) {
+    cpu_ctx *j = c;
+    if (LF_BACKEND_SUPPORTS(j->be, matmul_q4_forward))
+        return j->be->ops->matmul_q4_forward(j->be, j->y, j->x, &j->q[i % j->nq], NULL, j->T, j->C, j->OC) != LF_OK;
+    return lf_quant_matmul_4bit(j->y, j->x, &j->q[i % j->nq], NULL, j->T, j->C, j->OC, j->pool, j->scratch, NULL) !=
+           LF_OK;
+}
+static int cpu_mm_bf16(void *c, int i) {
+    cpu_ctx *j = c;
+    return j->be->ops->matmul_forward(j->be, j->y, j->x, &j->wb[i % j->nb], NULL, j->T, j->C, j->OC) != LF_OK;
 }
 
 typedef struct cpy_job {
@@ -203,35 +230,74 @@ static void bench_cpu_shape(const lf_quant_state *h, const uint16_t *wbf16, int 
         memcpy(p, wbf16, wb);
         j.wb[i] = lf_tensor_view(p, LF_DTYPE_BF16, 2, shape);
     }
-    j.x = xalloc((size_t)C * 4), j.y = xalloc((size_t)OC * 4);
+    j.x = xalloc((size_t)(128 * C) * 4), j.y = xalloc((size_t)(128 * OC) * 4);
     j.out32 = xalloc((size_t)n * 4), j.out16 = xalloc((size_t)n * 2);
     j.scratch = xalloc((size_t)lf_pool_size(j.pool) * LF_QUANT_MM_SCRATCH_FLOATS * 4);
     j.cpy_dst = xalloc(wb), j.cpy_bytes = wb;
-    for (int64_t c = 0; c < C; c++) j.x[c] = (float)((c * 7919) % 2001) / 1000.0f - 1.0f;
+    for (int64_t c = 0; c < 128 * C; c++) j.x[c] = (float)((c * 7919) % 2001) / 1000.0f - 1.0f;
     memset(j.out32, 0, (size_t)n * 4), memset(j.out16, 0, (size_t)n * 2), memset(j.cpy_dst, 0, wb);
 
     const int nth = lf_pool_size(j.pool);
     result *r = &results[n_results++];
     memset(r, 0, sizeof *r);
     r->backend = "cpu", r->threads = nth, r->OC = OC, r->C = C;
-    char extra[160];
-    double s;
-    if ((s = time_calls(cpu_dq32, &j, j.nq, NULL, NULL)) < 0) die("cpu dequant_f32", "failed");
+    /* every op once per round, best over the rounds: the ratios compare the same conditions */
+    enum { OP_MEMCPY, OP_DQ32, OP_DQ16, OP_Q4, OP_BF16, OP_TN };
+    const int n_ops = OP_TN + 2 * N_CPU_TN;
+    double best[OP_TN + 2 * N_CPU_TN];
+    for (int k = 0; k < n_ops; k++) best[k] = 1e30;
+    const double per_round = MIN_TIME_S / g_rounds;
+    for (int round = 0; round < g_rounds; round++)
+        for (int k = 0; k < n_ops; k++) {
+            call_fn fn;
+            int nc;
+            j.T = 1;
+            switch (k) {
+            case OP_MEMCPY: fn = cpu_memcpy, nc = j.nb; break;
+            case OP_DQ32: fn = cpu_dq32, nc = j.nq; break;
+            case OP_DQ16: fn = cpu_dq16, nc = j.nq; break;
+            case OP_Q4: fn = cpu_gemv_q4, nc = j.nq; break;
+            case OP_BF16: fn = cpu_gemv_bf16, nc = j.nb; break;
+            default: {
+                const int i = (k - OP_TN) / 2;
+                j.T = CPU_TN[i];
+                fn = (k - OP_TN) % 2 ? cpu_mm_bf16 : cpu_mm_q4;
+                nc = (k - OP_TN) % 2 ? j.nb : j.nq;
+                if (j.T >= 16) nc = nc < 4 ? nc : 4; /* compute bound: a few copies keep batches short */
+            }
+            }
+            double s = time_calls_for(fn, &j, nc, NULL, NULL, per_round);
+            if (s < 0) die("cpu", j.be->err.msg);
+            if (s < best[k]) best[k] = s;
+        }
+    double s = best[OP_DQ32];
     emit("cpu", nth, OC, C, "dequant_f32", 0, s, (double)qb + 4.0 * (double)n, "");
     r->dq_f32_gbs = ((double)qb + 4.0 * (double)n) / s * 1e-9;
-    if ((s = time_calls(cpu_dq16, &j, j.nq, NULL, NULL)) < 0) die("cpu dequant_bf16", "failed");
+    s = best[OP_DQ16];
     emit("cpu", nth, OC, C, "dequant_bf16", 0, s, (double)qb + 2.0 * (double)n, "");
     r->dq_bf16_gbs = ((double)qb + 2.0 * (double)n) / s * 1e-9;
-    if ((s = time_calls(cpu_gemv_q4, &j, j.nq, NULL, NULL)) < 0) die("cpu gemv_q4", "failed");
+    char extra[160];
+    s = best[OP_Q4];
     r->q4_us = s * 1e6, r->q4_gbs = (double)qb / s * 1e-9, r->q4_eff_gbs = (double)wb / s * 1e-9;
     snprintf(extra, sizeof extra, ",\"eff_gbs\":%.2f", r->q4_eff_gbs);
     emit("cpu", nth, OC, C, "gemv_q4", 1, s, (double)qb, extra);
-    if ((s = time_calls(cpu_gemv_bf16, &j, j.nb, NULL, NULL)) < 0) die("cpu gemv_bf16", j.be->err.msg);
+    s = best[OP_BF16];
     r->bf16_us = s * 1e6, r->bf16_gbs = (double)wb / s * 1e-9;
     emit("cpu", nth, OC, C, "gemv_bf16", 1, s, (double)wb, "");
-    if ((s = time_calls(cpu_memcpy, &j, j.nb, NULL, NULL)) < 0) die("cpu memcpy", "failed");
+    s = best[OP_MEMCPY];
     r->memcpy_gbs = 2.0 * (double)wb / s * 1e-9;
     emit("cpu", nth, OC, C, "memcpy", 0, s, 2.0 * (double)wb, "");
+    for (int i = 0; i < N_CPU_TN; i++) {
+        const double flop = 2.0 * (double)CPU_TN[i] * (double)n;
+        s = best[OP_TN + 2 * i];
+        r->q4_tn_us[i] = s * 1e6;
+        snprintf(extra, sizeof extra, ",\"eff_gbs\":%.2f,\"gflops\":%.1f", (double)wb / s * 1e-9, flop / s * 1e-9);
+        emit("cpu", nth, OC, C, "matmul_q4", CPU_TN[i], s, (double)qb, extra);
+        s = best[OP_TN + 2 * i + 1];
+        r->bf16_tn_us[i] = s * 1e6;
+        snprintf(extra, sizeof extra, ",\"gflops\":%.1f", flop / s * 1e-9);
+        emit("cpu", nth, OC, C, "matmul_bf16", CPU_TN[i], s, (double)wb, extra);
+    }
 
     for (int i = 0; i < j.nq; i++) free(qmem[i]);
     for (int i = 0; i < j.nb; i++) free(j.wb[i].data);
@@ -362,7 +428,8 @@ static void bench_cuda_shape(lf_backend *be, const lf_quant_state *h, const uint
 /* ================================================================ main */
 
 static void summary(void) {
-    printf("\nSummary (NF4, blocksize 64, double quant; W [OC, C]; GEMV T = 1; weights cycled from DRAM/HBM)\n");
+    printf("\nSummary (NF4, blocksize 64, double quant; W [OC, C]; GEMV T = 1; weights cycled from DRAM/HBM; CPU quant "
+           "SIMD %s; best of %d rounds)\n", g_simd_name, g_rounds);
     printf("%-5s %3s %-10s %8s %8s | %9s %8s %8s | %9s %8s | %8s | %7s %7s %7s\n", "", "thr", "OC x C", "dq f32",
            "dq bf16", "q4 GEMV", "q4 read", "q4 eff", "bf16 GEMV", "bf16", "memcpy", "eff/", "read/", "bf16/q4");
     printf("%-5s %3s %-10s %8s %8s | %9s %8s %8s | %9s %8s | %8s | %7s %7s %7s\n", "", "", "", "GB/s", "GB/s", "us",
@@ -375,6 +442,19 @@ static void summary(void) {
                r->backend, r->threads, shape, r->dq_f32_gbs, r->dq_bf16_gbs, r->q4_us, r->q4_gbs, r->q4_eff_gbs,
                r->bf16_us, r->bf16_gbs, r->memcpy_gbs, r->q4_eff_gbs / r->memcpy_gbs, r->q4_gbs / r->memcpy_gbs,
                r->bf16_us / r->q4_us);
+    }
+    printf("\nCPU batched matmul (us per call; bf16/q4 = time ratio, > 1: 4-bit faster)\n");
+    printf("%3s %-10s %9s %9s %7s %9s %9s %7s %9s %9s %7s\n", "thr", "OC x C", "q4 T=4", "bf16 T=4", "bf16/q4",
+           "q4 T=16", "bf16 T=16", "bf16/q4", "q4 T=128", "bf16 T=128", "bf16/q4");
+    for (int i = 0; i < n_results; i++) {
+        const result *r = &results[i];
+        if (r->q4_tn_us[0] <= 0) continue;
+        char shape[32];
+        snprintf(shape, sizeof shape, "%lldx%lld", (long long)r->OC, (long long)r->C);
+        printf("%3d %-10s", r->threads, shape);
+        for (int k = 0; k < N_CPU_TN; k++)
+            printf(" %9.1f %9.1f %7.2f", r->q4_tn_us[k], r->bf16_tn_us[k], r->bf16_tn_us[k] / r->q4_tn_us[k]);
+        printf("\n");
     }
     int any_t = 0;
     for (int i = 0; i < n_results; i++) any_t |= results[i].q4_t64_us > 0;
@@ -402,8 +482,9 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--require-cuda") == 0) require_cuda = 1;
         else if (strcmp(argv[i], "--quick") == 0) pool_mib = 64;
         else if (strcmp(argv[i], "--pool") == 0 && i + 1 < argc) pool_mib = (size_t)atol(argv[++i]);
+        else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) g_rounds = atoi(argv[++i]) > 0 ? atoi(argv[i]) : 1;
         else {
-            fprintf(stderr, "usage: bench_quant [--threads N] [--pool MiB] [--quick] [--require-cuda]\n");
+            fprintf(stderr, "usage: bench_quant [--threads N] [--pool MiB] [--rounds N] [--quick] [--require-cuda]\n");
             return 2;
         }
     }
@@ -425,8 +506,11 @@ int main(int argc, char **argv) {
     lf_pool *probe = lf_pool_create(threads);
     const int all = probe ? lf_pool_size(probe) : 1;
     lf_pool_destroy(probe);
-    fprintf(stderr, "bench_quant: simd %s, %d threads, weight pools %zu MiB\n",
-            lf_quant_simd_active() ? "avx2" : "portable", all, pool_mib);
+    static const char *simd_names[] = {"portable", "avx2", "avx512", "avx512+bf16"};
+    const int lvl = lf_quant_simd_active();
+    g_simd_name = simd_names[lvl < 0 ? 0 : lvl > 3 ? 3 : lvl];
+    fprintf(stderr, "bench_quant: simd %s, %d threads, weight pools %zu MiB, %d rounds\n", g_simd_name, all, pool_mib,
+            g_rounds);
 
     lf_rng rng;
     lf_rng_seed(&rng, 1234);

@@ -108,12 +108,14 @@ lf_status lf_quant_dequantize_f32(float *out, const lf_quant_state *st, lf_pool 
 lf_status lf_quant_dequantize_bf16(uint16_t *out, const lf_quant_state *st, lf_pool *pool, lf_err *err);
 lf_status lf_quant_dequantize_f32_ref(float *out, const lf_quant_state *st, lf_err *err);
 
-/* Per-thread scratch of lf_quant_matmul_4bit, in floats (16 KiB: 4 rows x 1024 decoded columns). */
+/* Per-thread scratch of lf_quant_matmul_4bit and _backward, in floats (16 KiB: one decoded panel of W). */
 #define LF_QUANT_MM_SCRATCH_FLOATS 4096
 /* out [T, OC] = inp [T, C] @ W^T + bias [OC] (bias may be NULL); W [OC, C] quantized. Reads packed weights
- * directly (4 rows x 1024 columns of W decoded at a time into the thread's scratch, never the whole matrix).
+ * directly, never a dequantized copy of the matrix: small T (<= 4; decode) decodes 4 rows at a time in
+ * registers; larger T decodes a 16 KiB panel of rows (8 x 512 or 4 x 1024 columns) into the thread's scratch
+ * and reuses it for every token (see quant.c for the drivers). Sums differ from the _ref only in f32 order.
  * scratch: [lf_pool_size(pool) (1 when pool is NULL), LF_QUANT_MM_SCRATCH_FLOATS] floats, row tid for pool
- * thread tid; NULL allocates one for this call (tools and tests; step loops pass the backend's). */
+ * thread tid; NULL allocates one for this call when needed (tools and tests; step loops pass the backend's). */
 lf_status lf_quant_matmul_4bit(float *out, const float *inp, const lf_quant_state *W, const float *bias, int64_t T,
                                int64_t C, int64_t OC, lf_pool *pool, float *scratch, lf_err *err);
 lf_status lf_quant_matmul_4bit_ref(float *out, const float *inp, const lf_quant_state *W, const float *bias,
@@ -128,9 +130,19 @@ lf_status lf_quant_matmul_4bit_backward(float *dinp, const float *dout, const lf
 lf_status lf_quant_matmul_4bit_backward_ref(float *dinp, const float *dout, const lf_quant_state *W, int64_t T,
                                             int64_t C, int64_t OC, lf_err *err);
 
-/* SIMD dispatch: 1 when the AVX2+FMA paths run (CPU supports them and not disabled). Tests toggle it. */
+/* SIMD dispatch. Levels: the portable C paths, AVX2+FMA, AVX-512 (F+BW; 16-entry code table in one register),
+ * AVX-512 with AVX512_BF16 (the bf16 dequantize rounds with vcvtne2ps2bf16; same bits).
+ * lf_quant_simd_active: the level in use (non-zero = some SIMD path): the best the CPU supports on first use,
+ * capped by the environment variable LF_QUANT_SIMD=portable|avx2|avx512 when set (benchmarks). Not
+ * thread-safe: tests and benchmarks set it between calls. lf_quant_set_simd(0) selects portable, non-zero the
+ * best the CPU supports; lf_quant_set_simd_level caps the level at `level` and returns the level now in use. */
+#define LF_QUANT_SIMD_PORTABLE 0
+#define LF_QUANT_SIMD_AVX2 1
+#define LF_QUANT_SIMD_AVX512 2
+#define LF_QUANT_SIMD_AVX512_BF16 3
 int lf_quant_simd_active(void);
 void lf_quant_set_simd(int enabled);
+int lf_quant_set_simd_level(int level);
 
 #ifdef __cplusplus
 }

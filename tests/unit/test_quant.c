@@ -1,7 +1,10 @@
 /* test_quant.c - quant: code tables, decision trees vs brute-force nearest code, quantize/dequantize error
  * bounds from the code spacing (N(0,1) and a Llama-shaped weight), ragged sizes and every blocksize, double
- * quantization bound, fast dequant/matmul vs _ref vs dequantize-then-matmul (1/2 threads, SIMD on/off), and
- * bad input. Seed from LF_TEST_SEED or time, printed. */
+ * quantization bound, fast dequant/matmul vs _ref vs dequantize-then-matmul (1/2 threads, every SIMD level:
+ * portable, AVX2, AVX-512, AVX-512 + BF16 where the CPU has them), every matmul driver (rows: T <= 4; panel: larger T;
+ * generic: C % 32 != 0) over T = 1..17, ragged C and OC, blocks straddling rows, blocksizes 32..4096,
+ * nf4/fp4, double quant on/off, non-finite absmax in the bf16 dequantize, and bad input.
+ * Seed from LF_TEST_SEED or time, printed. */
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -277,8 +280,8 @@ static void test_double_quant(void) {
 static void test_fast_paths(void) {
     lf_pool *p1 = lf_pool_create(1), *p2 = lf_pool_create(2);
     lf_pool *pools[3] = {NULL, p1, p2};
-    int have_simd = lf_quant_simd_active();
-    printf("fast paths: AVX2 %s\n", have_simd ? "available" : "not available (portable only)");
+    const int have_simd = lf_quant_set_simd_level(LF_QUANT_SIMD_AVX512_BF16); /* the best level this CPU has */
+    printf("fast paths: SIMD levels 0..%d (0 portable, 1 AVX2, 2 AVX-512, 3 AVX-512 + BF16)\n", have_simd);
     int64_t shapes[][4] = {{1, 64, 5, 64}, {3, 100, 7, 32}, {17, 33, 9, 32}, {5, 4096, 64, 64}, {2, 1000, 13, 256}, {8, 256, 1, 4096}, {2, 2049, 5, 32}};
     for (size_t k = 0; k < sizeof(shapes) / sizeof(shapes[0]); k++)
         for (int nested = 0; nested < 2; nested++)
@@ -313,7 +316,7 @@ static void test_fast_paths(void) {
                       (long long)C, (long long)OC);
                 for (int simd = 0; simd <= have_simd; simd++)
                     for (int pi = 0; pi < 3; pi++) {
-                        lf_quant_set_simd(simd);
+                        CHECK(lf_quant_set_simd_level(simd) == simd, "simd level %d not set", simd);
                         lf_quant_dequantize_f32(d, &st, pools[pi], &err);
                         CHECK(memcmp(d, dref, (size_t)n * 4) == 0, "dequant fast != ref (simd %d pool %d shape %zu)", simd, pi, k);
                         lf_quant_dequantize_bf16(db, &st, pools[pi], &err);
@@ -335,6 +338,111 @@ static void test_fast_paths(void) {
                 free(w), free(x), free(bias), free(dref), free(d), free(db), free(oref), free(o), free(odq), free(mag);
             }
     lf_pool_destroy(p1);
+    lf_pool_destroy(p2);
+}
+
+/* Every matmul driver against dequantize-then-matmul in double: T = 1..17 (rows driver up to 4 (AVX-512) /
+ * 2 (AVX2), panel above), shapes with C % B == 0, blocks straddling rows (C % 32 == 0, C % B != 0), C % 32 != 0
+ * (generic driver; odd C starts rows mid-byte), OC not a multiple of the 4- or 8-row tiles, every blocksize,
+ * nf4/fp4, double quant on/off, bias or not, caller thread / 2 threads, each SIMD level. Dequantize (f32
+ * and bf16) must match the _ref bit for bit on the same states. */
+static void test_matmul_paths(void) {
+    static const int64_t cases[][3] = {/* C, OC, B */
+                                       {64, 9, 64},    {96, 13, 64},  {2048, 11, 64}, {160, 7, 32},
+                                       {256, 6, 128},  {4096, 3, 4096}, {1536, 5, 1024}, {33, 5, 32},
+                                       {100, 7, 32},   {512, 17, 256}, {8192, 2, 2048}};
+    const int ncase = (int)(sizeof(cases) / sizeof(cases[0]));
+    lf_pool *p2 = lf_pool_create(2);
+    const int top = lf_quant_set_simd_level(LF_QUANT_SIMD_AVX512_BF16);
+    int calls = 0, bad_mm = 0, bad_dq = 0;
+    for (int ci = 0; ci < ncase; ci++)
+        for (int typ = 0; typ < 2; typ++)
+            for (int nested = 0; nested < 2; nested++) {
+                const int64_t C = cases[ci][0], OC = cases[ci][1], B = cases[ci][2], n = C * OC, TM = 17;
+                float *w = malloc((size_t)n * 4), *x = malloc((size_t)(TM * C) * 4), *bias = malloc((size_t)OC * 4);
+                float *dref = malloc((size_t)n * 4), *d = malloc((size_t)n * 4), *o = malloc((size_t)(TM * OC) * 4);
+                double *want = malloc((size_t)(TM * OC) * 8), *mag = malloc((size_t)(TM * OC) * 8);
+                uint16_t *db = malloc((size_t)n * 2);
+                const float scale = 0.01f + lf_rng_uniform(&rng);
+                for (int64_t i = 0; i < n; i++) w[i] = scale * lf_rng_normal(&rng);
+                for (int64_t i = 0; i < TM * C; i++) x[i] = lf_rng_normal(&rng);
+                for (int64_t i = 0; i < OC; i++) bias[i] = lf_rng_normal(&rng);
+                lf_quant_state st;
+                lf_err err;
+                if (lf_quant_quantize(&st, w, LF_DTYPE_F32, OC, C, B, (lf_quant_type)typ, nested, &err) != LF_OK) {
+                    CHECK(0, "quantize C=%lld OC=%lld B=%lld: %s", (long long)C, (long long)OC, (long long)B, err.msg);
+                    continue;
+                }
+                lf_quant_dequantize_f32_ref(dref, &st, &err);
+                for (int64_t t = 0; t < TM; t++)
+                    for (int64_t oc = 0; oc < OC; oc++) {
+                        double acc = 0, m = 0;
+                        for (int64_t c = 0; c < C; c++) {
+                            double p = (double)x[t * C + c] * dref[oc * C + c];
+                            acc += p, m += fabs(p);
+                        }
+                        want[t * OC + oc] = acc, mag[t * OC + oc] = m;
+                    }
+                for (int lvl = 0; lvl <= top; lvl++) {
+                    lf_quant_set_simd_level(lvl);
+                    for (int pi = 0; pi < 2; pi++) {
+                        lf_pool *pool = pi ? p2 : NULL;
+                        lf_quant_dequantize_f32(d, &st, pool, &err);
+                        lf_quant_dequantize_bf16(db, &st, pool, &err);
+                        int bd = memcmp(d, dref, (size_t)n * 4) != 0;
+                        for (int64_t i = 0; i < n; i++) bd += db[i] != lf_f32_to_bf16(dref[i]);
+                        bad_dq += bd != 0;
+                        CHECK(bd == 0, "dequantize C=%lld OC=%lld B=%lld typ %d nested %d simd %d pool %d: %d differ",
+                              (long long)C, (long long)OC, (long long)B, typ, nested, lvl, pi, bd);
+                        for (int64_t T = 1; T <= TM; T++) {
+                            const float *bs = (T + pi) % 2 ? bias : NULL;
+                            lf_status s = lf_quant_matmul_4bit(o, x, &st, bs, T, C, OC, pool, NULL, &err);
+                            calls++;
+                            int bad = s != LF_OK;
+                            for (int64_t i = 0; i < T * OC && !bad; i++) {
+                                const double b = bs ? bias[i % OC] : 0.0, want_i = want[i] + b;
+                                /* f32 sums in a different order: C * 1e-6 (~16 eps) x sum |terms| */
+                                bad += fabs(o[i] - want_i) > 1e-6 * (mag[i] + fabs(b)) * (double)C + 1e-6;
+                            }
+                            bad_mm += bad != 0;
+                            CHECK(bad == 0, "matmul C=%lld OC=%lld B=%lld T=%lld typ %d nested %d simd %d pool %d",
+                                  (long long)C, (long long)OC, (long long)B, (long long)T, typ, nested, lvl, pi);
+                        }
+                    }
+                }
+                lf_quant_set_simd(1);
+                lf_quant_state_free(&st);
+                free(w), free(x), free(bias), free(dref), free(d), free(o), free(want), free(mag), free(db);
+            }
+    printf("matmul paths: %d calls over %d shapes x nf4/fp4 x double quant x T 1..17 x %d SIMD levels x 2 pools, "
+           "%d bad; dequantize %d bad\n", calls, ncase, top + 1, bad_mm, bad_dq);
+
+    /* bf16 dequantize, against the rounding of the f32 reference, of blocks whose absmax is inf (the SIMD paths
+     * leave it to the scalar rounding: inf * code gives inf and NaN), normal, 1e-38 (subnormal products: not
+     * for vcvtne2ps2bf16, which flushes them) and 1e-30 (just above its 2^-100 limit) */
+    float wi[256];
+    for (int i = 0; i < 256; i++) wi[i] = lf_rng_normal(&rng) * (i >= 192 ? 1e-30f : i >= 128 ? 1e-38f : 1.0f);
+    wi[5] = INFINITY;
+    lf_quant_state st;
+    lf_err err;
+    CHECK(lf_quant_quantize(&st, wi, LF_DTYPE_F32, 4, 64, 64, LF_QUANT_NF4, 0, &err) == LF_OK, "inf quantize");
+    float ref[256], f[256];
+    uint16_t hb[256];
+    lf_quant_dequantize_f32_ref(ref, &st, &err);
+    for (int lvl = 0; lvl <= top; lvl++) {
+        lf_quant_set_simd_level(lvl);
+        lf_quant_dequantize_f32(f, &st, NULL, &err);
+        lf_quant_dequantize_bf16(hb, &st, NULL, &err);
+        int bd = memcmp(f, ref, sizeof f) != 0, sub = 0;
+        for (int i = 0; i < 256; i++) bd += hb[i] != lf_f32_to_bf16(ref[i]), sub += fpclassify(ref[i]) == FP_SUBNORMAL;
+        CHECK(bd == 0 && isinf(st.absmax[0]) && sub > 0, "inf/tiny absmax blocks, simd %d: %d differ (%d subnormal)",
+              lvl, bd, sub);
+    }
+    lf_quant_set_simd(1);
+    lf_quant_state_free(&st);
+    CHECK(lf_quant_set_simd_level(-1) == 0 && lf_quant_simd_active() == 0, "simd level -1 -> portable");
+    CHECK(lf_quant_set_simd_level(99) == top, "simd level 99 -> the best (%d)", top);
+    lf_quant_set_simd(1);
     lf_pool_destroy(p2);
 }
 
@@ -380,6 +488,7 @@ int main(void) {
     test_roundtrip();
     test_double_quant();
     test_fast_paths();
+    test_matmul_paths();
     test_bad_input();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
