@@ -441,8 +441,6 @@ int lf_quant_set_simd_level(int level) {
  *    odd elements) and of it >> 4 (high nibbles: even elements), against x split into even/odd lanes by two
  *    vpermt2ps per token: one shuffle and one shift fewer per 32 weights. */
 
-static float q_absmax(const lf_quant_state *st, int64_t b) { return lf_quant_state_absmax(st, b); }
-
 #if LF_QUANT_X86
 #define QAVX2 static inline __attribute__((always_inline, target("avx2,fma")))
 #define QAVX512 static inline __attribute__((always_inline, target("avx2,fma,avx512f,avx512bw")))
@@ -569,7 +567,7 @@ QAVX2_FN static void decode_blocks_avx2(const lf_quant_state *st, int64_t e0, in
     int64_t b = e0 / B;
     for (int64_t e = e0; e < e1; e += B) {
         const int64_t len = e1 - e < B ? e1 - e : B, nb = len / 2, o = e - e0;
-        const float a = q_absmax(st, b++);
+        const float a = lf_quant_state_absmax(st, b++);
         const uint8_t *p = st->packed + e / 2;
         int64_t j = 0;
         if (!o16) {
@@ -618,7 +616,7 @@ QAVX512_FN static void decode_blocks_avx512(const lf_quant_state *st, int64_t e0
     int64_t b = e0 / B;
     for (int64_t e = e0; e < e1; e += B) {
         const int64_t len = e1 - e < B ? e1 - e : B, nb = len / 2, o = e - e0;
-        const float a = q_absmax(st, b++);
+        const float a = lf_quant_state_absmax(st, b++);
         const uint8_t *p = st->packed + e / 2;
         const __m512 va = _mm512_set1_ps(a);
         int64_t j = 0;
@@ -670,7 +668,7 @@ static void decode_range(const lf_quant_state *st, int64_t e0, int64_t len, floa
     (void)simd;
     while (e < end) {
         int64_t b = e / B, bend = (b + 1) * B < end ? (b + 1) * B : end;
-        float a = q_absmax(st, b);
+        float a = lf_quant_state_absmax(st, b);
         if (e & 1) {
             float v = code[LF_QUANT_NIBBLE(st->packed, e)] * a;
             if (o16) o16[i++] = lf_f32_to_bf16(v); else out[i++] = v;
@@ -844,7 +842,7 @@ static inline int64_t mm_segment(const mm_job *j, const int R, const int64_t *o,
     for (int r = 0; r < R; r++) {
         const int64_t base = o[r] * j->C, b = (base + c) >> j->lb, next = ((b + 1) << j->lb) - base;
         if (next < end) end = next;
-        a[r] = q_absmax(j->W, b);
+        a[r] = lf_quant_state_absmax(j->W, b);
     }
     return end;
 }
@@ -865,7 +863,8 @@ static inline void mm_absmax_rows(const mm_job *j, const int R, const int64_t *o
         const float *map = W->nested_map, off = W->offset;
         for (int64_t i = 0; i < n;) { /* runs of blocks sharing one nested absmax */
             const uint64_t b = (uint64_t)(b0 + i);
-            const int64_t run = LF_QUANT_NESTED_BLOCK - (int64_t)(b % LF_QUANT_NESTED_BLOCK), e = n - i < run ? n : i + run;
+            const int64_t run = LF_QUANT_NESTED_BLOCK - (int64_t)(b % LF_QUANT_NESTED_BLOCK);
+            const int64_t e = n - i < run ? n : i + run;
             const float a2 = W->nested_absmax[b / LF_QUANT_NESTED_BLOCK];
             for (; i < e; i++) { /* lf_quant_state_absmax: two f32 ops (-std=c11: no contraction) */
                 const float v = map[q[i]] * a2;
