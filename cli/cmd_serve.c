@@ -55,11 +55,19 @@ static void help(void) {
            "  --tgi-compat            TGI response shapes: non-stream answers are lists, streams are SSE\n"
            "  --stream-format F       jsonlines (default; SSE when Accept asks for text/event-stream) or sse\n"
            "  --served-model-name S   \"model\" reported in chat answers (default: the model directory's name)\n"
+           "  --max-connections N     HTTP connections served in full (default 1024); up to N/2 (at least 256)\n"
+           "                          more are still answered: /ping served, other requests 503\n"
+           "  --header-timeout S      seconds a request head may take to arrive before 408 (default 10)\n"
+           "  --body-timeout S        seconds a request body may take to arrive before 408 (default 60)\n"
+           "  --idle-timeout S        seconds an idle keep-alive connection is kept (default 75)\n"
+           "  --http-threads N        handler threads, started on demand (default 256); /ping never needs one\n"
            LF_CLI_MODEL_OPTIONS_HELP
            "\nEnvironment (flags win): SAGEMAKER_BIND_TO_PORT (port), OPTION_MAX_LORAS or SM_VLLM_MAX_LORAS,\n"
            "OPTION_MAX_LORA_RANK or SM_VLLM_MAX_LORA_RANK, OPTION_MAX_MODEL_LEN or SM_VLLM_MAX_MODEL_LEN,\n"
            "OPTION_MAX_ROLLING_BATCH_SIZE (max batch size), OPTION_TGI_COMPAT=true|false,\n"
-           "OPTION_OUTPUT_FORMATTER=jsonlines|sse, OPTION_QUANTIZE=nf4|fp4|bitsandbytes4 (4-bit on load).\n");
+           "OPTION_OUTPUT_FORMATTER=jsonlines|sse, OPTION_QUANTIZE=nf4|fp4|bitsandbytes4 (4-bit on load),\n"
+           "OPTION_MAX_CONNECTIONS, OPTION_HEADER_TIMEOUT, OPTION_BODY_TIMEOUT, OPTION_IDLE_TIMEOUT,\n"
+           "OPTION_HTTP_THREADS (as the flags of the same names).\n");
 }
 
 /* "123", "1.5GiB", "512MiB", "2G", "100MB" -> bytes. 0 ok, 1 bad. */
@@ -115,6 +123,7 @@ typedef struct serve_cfg {
     lf_engine_params ep;
     int64_t max_loras, max_lora_rank, threads;
     int tgi_compat, sse;
+    int64_t max_connections, header_timeout_s, body_timeout_s, idle_timeout_s, http_threads;
     lf_model_options mopt;
 } serve_cfg;
 
@@ -140,6 +149,18 @@ static int read_env(serve_cfg *c) {
                 break; /* the OPTION_ name wins over the SM_VLLM_ one */
             }
         }
+    }
+    const struct {
+        const char *name;
+        int64_t lo, hi, *dst;
+    } http_env[] = {{"OPTION_MAX_CONNECTIONS", 1, 1000000, &c->max_connections},
+                    {"OPTION_HEADER_TIMEOUT", 1, 86400, &c->header_timeout_s},
+                    {"OPTION_BODY_TIMEOUT", 1, 86400, &c->body_timeout_s},
+                    {"OPTION_IDLE_TIMEOUT", 1, 86400, &c->idle_timeout_s},
+                    {"OPTION_HTTP_THREADS", 1, 65536, &c->http_threads}};
+    for (size_t i = 0; i < sizeof http_env / sizeof http_env[0]; i++) {
+        int seen = 0;
+        if (env_i64(http_env[i].name, http_env[i].lo, http_env[i].hi, http_env[i].dst, &seen)) return 2;
     }
     if (env_bool("OPTION_TGI_COMPAT", &c->tgi_compat)) return 2;
     const char *fmt = getenv("OPTION_OUTPUT_FORMATTER");
@@ -192,7 +213,9 @@ static int parse_args(serve_cfg *c, int argc, char **argv, int *help_shown) {
         static const char *const known[] = {"--model", "--adapter", "--adapter-root", "--host", "--port",
                                             "--max-batch-size", "--max-batch-tokens", "--max-model-len", "--max-queue",
                                             "--kv-cache-memory", "--block-size", "--max-loras", "--max-lora-rank",
-                                            "--threads", "--stream-format", "--served-model-name"};
+                                            "--threads", "--stream-format", "--served-model-name",
+                                            "--max-connections", "--header-timeout", "--body-timeout",
+                                            "--idle-timeout", "--http-threads"};
         int k = -1;
         for (int j = 0; j < (int)(sizeof known / sizeof known[0]); j++)
             if (!strcmp(a, known[j])) k = j;
@@ -228,6 +251,11 @@ static int parse_args(serve_cfg *c, int argc, char **argv, int *help_shown) {
         else if (!strcmp(a, "--max-lora-rank")) bad = lf_cli_parse_i64(CMD, a, v, 1, 1 << 16, &c->max_lora_rank);
         else if (!strcmp(a, "--threads")) bad = lf_cli_parse_i64(CMD, a, v, 0, 4096, &c->threads);
         else if (!strcmp(a, "--served-model-name")) c->served_name = v;
+        else if (!strcmp(a, "--max-connections")) bad = lf_cli_parse_i64(CMD, a, v, 1, 1000000, &c->max_connections);
+        else if (!strcmp(a, "--header-timeout")) bad = lf_cli_parse_i64(CMD, a, v, 1, 86400, &c->header_timeout_s);
+        else if (!strcmp(a, "--body-timeout")) bad = lf_cli_parse_i64(CMD, a, v, 1, 86400, &c->body_timeout_s);
+        else if (!strcmp(a, "--idle-timeout")) bad = lf_cli_parse_i64(CMD, a, v, 1, 86400, &c->idle_timeout_s);
+        else if (!strcmp(a, "--http-threads")) bad = lf_cli_parse_i64(CMD, a, v, 1, 65536, &c->http_threads);
         else if (!strcmp(a, "--kv-cache-memory")) {
             if (parse_size(v, &c->ep.kv_cache_bytes)) {
                 lf_cli_error(CMD, "--kv-cache-memory '%s': expected a size such as 536870912, 512MiB or 4GiB", v);
@@ -315,6 +343,11 @@ int lf_cmd_serve(int argc, char **argv) {
     so.tgi_compat = cfg.tgi_compat;
     so.force_sse = cfg.sse;
     so.served_model_name = cfg.served_name ? cfg.served_name : served;
+    if (cfg.max_connections) so.max_connections = (unsigned)cfg.max_connections;
+    if (cfg.header_timeout_s) so.header_timeout_ms = (int)(cfg.header_timeout_s * 1000);
+    if (cfg.body_timeout_s) so.body_timeout_ms = (int)(cfg.body_timeout_s * 1000);
+    if (cfg.idle_timeout_s) so.idle_timeout_s = (unsigned)cfg.idle_timeout_s;
+    if (cfg.http_threads) so.http_threads = (unsigned)cfg.http_threads;
     if (lf_server_create(&so, metrics, &srv, &err)) {
         lf_cli_error(CMD, "%s", err.msg);
         goto done;

@@ -1,18 +1,24 @@
-/* http.h - engine-agnostic HTTP/1.1 server over libmicrohttpd: a routing table (method + path pattern ->
+/* http.h - engine-agnostic HTTP/1.1 server (our own, over epoll): a routing table (method + path pattern ->
  * handler callback), request bodies accumulated up to a size cap (413 before reading the rest when
  * Content-Length is over it), whole responses, and streamed chunked responses fed from any thread.
  *
- * Threads: one MHD thread per connection (MHD_USE_THREAD_PER_CONNECTION); handlers run on it after the
- * whole body arrived, may block, and must return. A streamed response is fed by a producer (the engine
- * thread) through lf_http_stream_push; the connection thread waits on a condition variable and checks the
- * client socket every LF_HTTP_POLL_MS, so a client that goes away is noticed within about that time even
- * while the producer is silent: the stream is then flagged cancelled (lf_http_stream_cancelled, the
- * on_cancel callback, LF_EBUSY from push) so the engine can free the sequence.
+ * Threads: one I/O thread owns every socket: it accepts, reads heads and bodies under deadlines (408 for a
+ * head slower than header_timeout_ms or a body slower than body_timeout_ms), parses, routes (404/405 there)
+ * and writes. Handlers of ordinary routes run on a pool of at most max_workers threads, after the whole
+ * body arrived; they may block, and must return. Inline routes (lf_http_route_inline) run on the I/O
+ * thread and must not block: /ping stays answered whatever the workers and slow clients do. Connections
+ * beyond max_connections are still accepted into a reserve (max(256, max_connections / 2)) where inline
+ * routes are served and everything else is answered 503; only past the reserve do new connections wait in
+ * the kernel's listen backlog. Idle keep-alive connections are closed first when the table is full.
+ * A streamed response is fed by a producer (the engine thread) through lf_http_stream_push; a client
+ * that goes away is noticed at once (EPOLLRDHUP) even while the producer is silent: the stream is then
+ * flagged cancelled (lf_http_stream_cancelled, the on_cancel callback, LF_EBUSY from push) so the engine
+ * can free the sequence.
  * Ownership: routes borrow `user`; a request and everything reachable from it is borrowed for the handler
  * call only; a response body passed to lf_http_respond is copied. A stream is reference counted: the
  * producer's reference ends with lf_http_stream_close (exactly once), the server's when the response is
- * done, whichever is last frees it. Bad requests get a JSON error body {"error", "code"}; no input
- * crashes the server. */
+ * done, whichever is last frees it. Every error the server itself sends (400, 404, 405, 408, 413, 414,
+ * 431, 500, 501, 503, 505) has a JSON body {"error", "code"}; no input crashes the server. */
 #ifndef LF_SERVE_HTTP_H
 #define LF_SERVE_HTTP_H
 
@@ -24,7 +30,7 @@
 extern "C" {
 #endif
 
-#define LF_HTTP_POLL_MS 50      /* how often a waiting stream looks at the client socket and the server */
+#define LF_HTTP_POLL_MS 50      /* how often a blocking handler should look at lf_http_client_gone */
 #define LF_HTTP_MAX_PARAMS 8    /* {name} captures in one route pattern */
 
 typedef struct lf_http_server lf_http_server;
@@ -39,8 +45,11 @@ typedef struct lf_http_params {
     const char *host;               /* IPv4 or IPv6 literal to bind; default "0.0.0.0" */
     int port;                       /* 0 = any free port (read back with lf_http_port); default 8080 */
     size_t max_body_bytes;          /* 413 above; default 6291456 (SageMaker's cap) */
-    unsigned max_connections;       /* concurrent connections (threads); default 256 */
-    unsigned idle_timeout_s;        /* close an idle keep-alive connection after this; default 75 */
+    unsigned max_connections;       /* concurrent connections served in full; default 1024 */
+    unsigned idle_timeout_s;        /* close an idle keep-alive connection (or a stalled write) after this; 75 */
+    int header_timeout_ms;          /* a request head must arrive within this (408 after); default 10000 */
+    int body_timeout_ms;            /* a request body must arrive within this (408 after); default 60000 */
+    unsigned max_workers;           /* handler threads (started on demand); default 256 */
     int stream_idle_timeout_ms;     /* end a stream whose producer is silent this long; 0 = never; default 0 */
     size_t stream_buffer_max;       /* bytes queued for a slow client before the stream is cancelled; 16 MiB */
 } lf_http_params;
@@ -55,6 +64,9 @@ lf_status lf_http_create(const lf_http_params *p, lf_http_server **out, lf_err *
  * lf_http_start. */
 lf_status lf_http_route(lf_http_server *s, const char *method, const char *pattern, lf_http_handler h, void *user,
                         lf_err *err);
+/* Same, for a handler that runs on the I/O thread: it must answer at once and never block (health checks). */
+lf_status lf_http_route_inline(lf_http_server *s, const char *method, const char *pattern, lf_http_handler h,
+                               void *user, lf_err *err);
 lf_status lf_http_start(lf_http_server *s, lf_err *err);
 /* The bound port (the real one when params.port was 0); 0 before start. */
 int lf_http_port(const lf_http_server *s);

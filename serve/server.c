@@ -906,7 +906,10 @@ lf_server_options lf_server_default_options(void) {
     o.host = "0.0.0.0";
     o.port = 8080;
     o.max_body_bytes = LF_PROTO_MAX_BODY_BYTES;
-    o.max_connections = 256;
+    o.max_connections = 1024;
+    o.header_timeout_ms = 10000;
+    o.body_timeout_ms = 60000;
+    o.http_threads = 256;
     o.served_model_name = "loraforge";
     o.unload_timeout_ms = 30000;
     return o;
@@ -941,13 +944,18 @@ lf_status lf_server_create(const lf_server_options *o, lf_metrics *metrics, lf_s
     hp.port = s->o.port;
     hp.max_body_bytes = s->o.max_body_bytes;
     hp.max_connections = s->o.max_connections;
+    hp.header_timeout_ms = s->o.header_timeout_ms;
+    hp.body_timeout_ms = s->o.body_timeout_ms;
+    hp.max_workers = s->o.http_threads;
+    if (s->o.idle_timeout_s) hp.idle_timeout_s = s->o.idle_timeout_s;
     LF_TRY(lf_http_create(&hp, &s->http, err));
+    /* health checks run on the HTTP I/O thread: no slow client, busy worker or engine lock delays them */
+    LF_TRY(lf_http_route_inline(s->http, "GET", "/ping", h_ping, s, err));
+    LF_TRY(lf_http_route_inline(s->http, "GET", "/health", h_ping, s, err));
     static const struct {
         const char *method, *pattern;
         lf_http_handler h;
     } routes[] = {
-        {"GET", "/ping", h_ping},
-        {"GET", "/health", h_ping},
         {"POST", "/invocations", h_invocations},
         {"POST", "/v1/chat/completions", h_chat},
         {"GET", "/metrics", h_metrics},

@@ -40,7 +40,11 @@ typedef struct lf_server_options {
     const char *host;              /* bind address; default "0.0.0.0" (copied) */
     int port;                      /* 0 = any free port (lf_server_port); default 8080 */
     size_t max_body_bytes;         /* 413 above; default LF_PROTO_MAX_BODY_BYTES (6 MB) */
-    unsigned max_connections;      /* concurrent HTTP connections; default 256 */
+    unsigned max_connections;      /* HTTP connections served in full (more get 503 JSON, /ping still); 1024 */
+    int header_timeout_ms;         /* a request head must arrive within this, else 408; default 10000 */
+    int body_timeout_ms;           /* a request body must arrive within this, else 408; default 60000 */
+    unsigned idle_timeout_s;       /* idle keep-alive connections are closed after this; 0 = 75 */
+    unsigned http_threads;         /* handler threads, started on demand; default 256 */
     int tgi_compat;                /* TGI shapes: list answers, SSE streams */
     int force_sse;                 /* --stream-format sse: stream SSE whatever Accept says */
     const char *served_model_name; /* "model" of chat answers; default "loraforge" (copied) */
