@@ -114,8 +114,31 @@ def chat_body(text, n=8, stream=False):
     return json.dumps({"messages": [{"role": "user", "content": text}], "max_tokens": n, "stream": stream}).encode()
 
 
-def client(port, i, adapters, race_name, stats, rnd, deadline, timeout):
-    """One client of the mix; kind chosen from i so that every run covers every kind."""
+class Live:
+    """Clients inside a request right now, and the most seen at once."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.now = self.peak = 0
+
+    def enter(self):
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def leave(self):
+        with self.lock:
+            self.now -= 1
+
+
+def client(port, i, adapters, race_name, stats, rnd, deadline, timeout, barrier=None, live=None, scale=1):
+    """One client of the mix; kind chosen from i so that every run covers every kind. barrier: all clients
+    of a wave send at once; scale multiplies the generated lengths (longer requests, more overlap)."""
+    if barrier is not None:
+        try:
+            barrier.wait(60)
+        except threading.BrokenBarrierError:
+            pass
     kinds = ["gen", "gen_stream", "chat", "chat_stream", "list", "models", "metrics", "adapter_hdr",
              "disconnect", "slow_body", "race_adapter", "ping"]
     kind = kinds[i % len(kinds)]
@@ -123,13 +146,13 @@ def client(port, i, adapters, race_name, stats, rnd, deadline, timeout):
     allowed = set(ALLOWED)
     kw = {}
     if kind == "gen":
-        args = ("POST", "/invocations", gen_body(prompt, rnd.randint(1, 12)))
+        args = ("POST", "/invocations", gen_body(prompt, rnd.randint(1, 12) * scale))
     elif kind == "gen_stream":
-        args = ("POST", "/invocations", gen_body(prompt, 8, True))
+        args = ("POST", "/invocations", gen_body(prompt, 8 * scale, True))
     elif kind == "chat":
-        args = ("POST", "/v1/chat/completions", chat_body(prompt))
+        args = ("POST", "/v1/chat/completions", chat_body(prompt, 8 * scale))
     elif kind == "chat_stream":
-        args = ("POST", "/v1/chat/completions", chat_body(prompt, 8, True))
+        args = ("POST", "/v1/chat/completions", chat_body(prompt, 8 * scale, True))
     elif kind == "list":
         args = ("GET", "/adapters", b"")
     elif kind == "models":
@@ -141,10 +164,10 @@ def client(port, i, adapters, race_name, stats, rnd, deadline, timeout):
     elif kind == "adapter_hdr":
         name = adapters[i % len(adapters)] if adapters else ""
         kw["headers"] = {"X-Amzn-SageMaker-Adapter-Identifier": name} if name else {}
-        args = ("POST", "/invocations", gen_body(prompt, 6))
+        args = ("POST", "/invocations", gen_body(prompt, 6 * scale))
     elif kind == "disconnect":
         kw["stop_after_first"] = True
-        args = ("POST", "/invocations", gen_body(prompt, 32, True))
+        args = ("POST", "/invocations", gen_body(prompt, 32 * scale, True))
     elif kind == "slow_body":
         kw["byte_delay"] = 0.01
         args = ("POST", "/invocations", gen_body("hi", 2))
@@ -153,11 +176,16 @@ def client(port, i, adapters, race_name, stats, rnd, deadline, timeout):
         allowed |= {404}
         args = ("POST", "/invocations", gen_body(prompt, 4))
     t0 = time.time()
+    if live:
+        live.enter()
     try:
         st, _ = raw_request(port, *args, timeout=timeout, **kw)
         stats.add(kind, st, st in allowed, f"status {st} after {time.time() - t0:.2f} s")
     except (OSError, ValueError) as e:
         stats.add(kind, type(e).__name__, False, f"{e!r} after {time.time() - t0:.2f} s")
+    finally:
+        if live:
+            live.leave()
 
 
 def slowloris(port, stop, stats, header_timeout):
@@ -268,10 +296,10 @@ def write_adapter(out, seed, layers=2, hidden=64, kv=32, r=4):
     return out
 
 
-def make_model(binary, work, tokenizer):
+def make_model(binary, work, tokenizer, layers=2):
     model = os.path.join(work, "model")
     subprocess.run([binary, "make-tiny", "--arch", "llama", "--out", model, "--seed", "7", "--hidden", "64",
-                    "--layers", "2", "--heads", "4", "--kv-heads", "2", "--intermediate", "128",
+                    "--layers", str(layers), "--heads", "4", "--kv-heads", "2", "--intermediate", "128",
                     "--tokenizer", tokenizer], check=True, capture_output=True)
     tc = os.path.join(model, "tokenizer_config.json")
     with open(tc) as f:
@@ -281,8 +309,8 @@ def make_model(binary, work, tokenizer):
     with open(tc, "w") as f:
         json.dump(cfg, f)
     for i, name in enumerate(("a1", "a2", "a3")):  # preloaded from adapters/<name>/
-        write_adapter(os.path.join(model, "adapters", name), 100 + i)
-    write_adapter(os.path.join(model, "race"), 200)  # registered/unregistered by the racer
+        write_adapter(os.path.join(model, "adapters", name), 100 + i, layers=layers)
+    write_adapter(os.path.join(model, "race"), 200, layers=layers)  # registered/unregistered by the racer
     return model
 
 
@@ -296,7 +324,7 @@ def run(a):
             pid = a.pid
         else:
             repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            model = a.model or make_model(a.binary, work, os.path.join(repo, "examples", "tokenizer"))
+            model = a.model or make_model(a.binary, work, os.path.join(repo, "examples", "tokenizer"), a.layers)
             if not a.model:
                 adapters += ["a1", "a2", "a3"]
                 a.race_src = a.race_src or os.path.join(model, "race")
@@ -342,9 +370,12 @@ def run(a):
         deadline = t0 + a.duration
         cl = []
         waves = max(1, a.waves)
+        live = Live()
         for w in range(waves):
+            barrier = threading.Barrier(a.clients)
             batch = [threading.Thread(target=client, args=(port, w * a.clients + i, adapters, race_name, stats,
-                                                           random.Random(rnd.random()), deadline, a.timeout),
+                                                           random.Random(rnd.random()), deadline, a.timeout,
+                                                           barrier, live, a.scale),
                                       daemon=True) for i in range(a.clients)]
             for t in batch:
                 t.start()
@@ -368,7 +399,7 @@ def run(a):
         summary = {
             "clients": a.clients * waves, "slowloris": a.slowloris, "wall_s": round(wall, 2),
             "by_kind": stats.by_kind, "bad": getattr(stats, "nbad", 0), "bad_examples": stats.bad[:10],
-            "hung_clients": hung,
+            "hung_clients": hung, "peak_concurrent_clients": live.peak,
             "ping": {"n": len(lat), "p50_s": pct(lat, 50), "p99_s": pct(lat, 99), "max_s": max(lat) if lat else None,
                      "failed": len(fails), "fail_examples": fails[:5]},
             "rss_kib_before": rss0, "rss_kib_after": rss1, "alive": alive, "seed": seed,
@@ -406,6 +437,8 @@ def main():
     ap.add_argument("--header-timeout", type=int, default=10)
     ap.add_argument("--max-queue", type=int, default=256)
     ap.add_argument("--seed", type=int)
+    ap.add_argument("--scale", type=int, default=1, help="multiply generated lengths (longer, overlapping requests)")
+    ap.add_argument("--layers", type=int, default=2, help="layers of the made model (slower steps, more overlap)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args()
     if not a.binary and not a.url:

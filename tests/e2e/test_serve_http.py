@@ -235,7 +235,7 @@ def test_load(binary, workdir, seed):
     R.set_group("bounded load: bench/load_serve.py (300 clients x 2 waves, 100 slowloris, limit 200)")
     ns = argparse.Namespace(binary=binary, model=None, adapter_dir=None, url=None, pid=None, adapter=None,
                             race_src=None, clients=300, waves=2, slowloris=100, duration=120.0, timeout=120.0,
-                            max_connections=200, header_timeout=5, max_queue=64, seed=seed, keep=False)
+                            max_connections=200, header_timeout=5, max_queue=64, seed=seed, keep=False, scale=2, layers=2)
     import io
     import contextlib
     out = io.StringIO()
@@ -264,6 +264,25 @@ def test_load(binary, workdir, seed):
         R.note(f"RSS {summ['rss_kib_before']} KiB before, {summ['rss_kib_after']} KiB after")
 
 
+def test_readme_table():
+    """Every status the serve sources can send (>= 400) has a row in README's error table."""
+    import re
+    R.set_group("README error table lists every status the server sends")
+    pats = [r"reply_error\(resp, (\d{3})", r"set_http\([a-z_]+, (\d{3})\)", r"respond_error\(s, c, (\d{3})",
+            r"fail\(status, (\d{3})", r"status = (\d{3})", r"return (\d{3});", r"\*hs = (\d{3})", r"\bhs = (\d{3})"]
+    sent = set()
+    sdir = os.path.join(REPO, "serve")
+    for f in sorted(os.listdir(sdir)):
+        if f.endswith(".c"):
+            text = open(os.path.join(sdir, f)).read()
+            for p in pats:
+                sent |= {int(x) for x in re.findall(p, text) if int(x) >= 400}
+    readme = open(os.path.join(REPO, "README.md")).read()
+    rows = {int(x) for x in re.findall(r"^\| (\d{3}) \|", readme, re.M)}
+    R.check("statuses found in serve/*.c", len(sent) >= 10, str(sorted(sent)))
+    R.check("each one is in README's table", sent <= rows, f"missing {sorted(sent - rows)}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -273,6 +292,7 @@ def main():
     print(f"test_serve_http: seed {seed} (LF_TEST_SEED to reproduce)", flush=True)
     shutil.rmtree(a.workdir, ignore_errors=True)
     os.makedirs(a.workdir)
+    test_readme_table()
     model = load_serve.make_model(a.bin, a.workdir, os.path.join(REPO, "examples", "tokenizer"))
     srv = Server(a.bin, ["--model", model], a.workdir, "main")
     try:
