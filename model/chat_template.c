@@ -12,7 +12,14 @@
 struct lf_chat_template {
     jarena arena; /* owns the AST and its strings */
     jnode *root;
+    lf_chat_template_limits lim; /* 0 = default */
 };
+
+void lf_chat_template_set_limits(lf_chat_template *t, const lf_chat_template_limits *limits) {
+    if (!t) return;
+    if (limits) t->lim = *limits;
+    else memset(&t->lim, 0, sizeof t->lim);
+}
 
 lf_status lf_chat_template_compile(const char *source, lf_chat_template **out, lf_err *err) {
     *out = NULL;
@@ -24,6 +31,9 @@ lf_status lf_chat_template_compile(const char *source, lf_chat_template **out, l
     memset(&c, 0, sizeof c);
     c.arena = &t->arena;
     c.err = err;
+    c.max_output = JINJA_MAX_OUTPUT;
+    c.max_steps = JINJA_MAX_STEPS;
+    c.max_work = JINJA_MAX_WORK;
     int code = setjmp(c.jb);
     if (code != 0) {
         jarena_free(&t->arena);
@@ -48,11 +58,14 @@ lf_status lf_chat_template_render_len(const lf_chat_template *t, const json_t *m
     if (!t) return lf_err_set(err, LF_EINVAL, "chat template: template is NULL");
     if (messages && !json_is_array(messages)) return lf_err_set(err, LF_EINVAL, "chat template: messages must be a JSON array");
     if (extra && !json_is_object(extra)) return lf_err_set(err, LF_EINVAL, "chat template: extra variables must be a JSON object");
-    jarena arena = {.limit = JINJA_ARENA_LIMIT};
+    jarena arena = {.limit = t->lim.max_memory ? t->lim.max_memory : JINJA_ARENA_LIMIT};
     jctx c;
     memset(&c, 0, sizeof c);
     c.arena = &arena;
     c.err = err;
+    c.max_output = t->lim.max_output ? t->lim.max_output : JINJA_MAX_OUTPUT;
+    c.max_steps = t->lim.max_steps > 0 ? t->lim.max_steps : JINJA_MAX_STEPS;
+    c.max_work = t->lim.max_work > 0 ? t->lim.max_work : JINJA_MAX_WORK;
     int code = setjmp(c.jb);
     if (code != 0) {
         jarena_free(&arena);

@@ -4,8 +4,9 @@
  * Invariants: the environment matches transformers' (trim_blocks, lstrip_blocks, raise_exception, tojson
  * with ensure_ascii=False); render never crashes on bad templates or input: syntax errors come back as
  * LF_EFORMAT with line/column, raise_exception(msg) as LF_EINVAL with exactly msg, Jinja filters we do not
- * implement as LF_EUNSUPPORTED, runaway templates as LF_EINVAL (step, depth and output limits). A compiled
- * template is immutable and may be rendered from several threads at once. */
+ * implement as LF_EUNSUPPORTED, runaway templates as LF_EINVAL (nesting depth, steps, output size and work
+ * limits) or LF_ENOMEM (memory limit). A compiled template is immutable (but for set_limits, called before
+ * it is shared) and may be rendered from several threads at once. */
 #ifndef LF_MODEL_CHAT_TEMPLATE_H
 #define LF_MODEL_CHAT_TEMPLATE_H
 
@@ -23,6 +24,18 @@ typedef struct lf_chat_template lf_chat_template;
 lf_status lf_chat_template_compile(const char *source, lf_chat_template **out, lf_err *err);
 /* NULL is a no-op. */
 void lf_chat_template_free(lf_chat_template *t);
+
+/* What one render may spend; 0 in a field means its default. Nesting depths (parser 200, render 512 levels
+ * of expressions, blocks, macro calls and nested values) are fixed: they protect the C stack. */
+typedef struct lf_chat_template_limits {
+    size_t max_output;   /* bytes of rendered text, also of one captured macro / set block (64 MiB) */
+    size_t max_memory;   /* bytes allocated while rendering, the converted messages included (256 MiB) */
+    long long max_steps; /* statements run + loop iterations (5,000,000) */
+    long long max_work;  /* scanning / comparing that allocates nothing, in units (100,000,000: about 1 s) */
+} lf_chat_template_limits;
+
+/* Set t's limits for later renders (NULL = all defaults). Not thread-safe: call before rendering. */
+void lf_chat_template_set_limits(lf_chat_template *t, const lf_chat_template_limits *limits);
 
 /* Render with messages (borrowed JSON array of {role, content, ...}), add_generation_prompt, and extra
  * variables (borrowed JSON object or NULL: bos_token, eos_token, tools, documents, enable_thinking, ...).

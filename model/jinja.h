@@ -135,18 +135,34 @@ struct jctx {
     /* render state */
     struct jsb *sink; /* where output goes (arena buffer; swapped while capturing macro / set-block output) */
     jframe *root;
-    int depth;
-    int64_t steps;
+    int depth;     /* C recursion now: parser nesting, or eval + statement + value (repr/==/<) recursion */
+    int64_t steps; /* statements run + loop iterations */
+    int64_t work;  /* work units spent (see JINJA_MAX_WORK) */
+    /* this render's limits (lf_chat_template_limits with the defaults filled in) */
+    size_t max_output;
+    int64_t max_steps, max_work;
     /* lexer/parser state */
     const char *src;
     jtok *toks;
     size_t ntoks, tpos;
 };
 
-#define JINJA_MAX_DEPTH 200         /* nested calls / expressions */
-#define JINJA_MAX_STEPS 5000000LL   /* loop iterations + statements per render */
-#define JINJA_MAX_OUTPUT (256u << 20)
-#define JINJA_ARENA_LIMIT ((size_t)512 << 20) /* per compile / per render */
+/* Bounds. A template is untrusted input: every one of these ends the compile or render with an error status
+ * and a message (LF_EFORMAT at compile, LF_EINVAL / LF_ENOMEM at render), never a crash or a hang.
+ * Steps, output, arena and work are the defaults of lf_chat_template_limits; the depths are fixed (they
+ * protect the C stack). */
+#define JINJA_MAX_DEPTH 200          /* parser nesting (each '(' costs 3) and macro / caller() call depth */
+#define JINJA_MAX_EVAL_DEPTH 512     /* render recursion: expressions + blocks + macros + nested values; at
+                                      * the limit a render uses < 0.5 MiB of stack (< 1.5 MiB with ASan -O0) */
+#define JINJA_MAX_STEPS 5000000LL    /* loop iterations + statements per render */
+#define JINJA_MAX_RANGE 100000       /* range() length, as jinja2's sandbox MAX_RANGE */
+#define JINJA_MAX_OUTPUT (64u << 20) /* bytes of rendered text (and of any one captured macro / set block) */
+#define JINJA_ARENA_LIMIT ((size_t)256 << 20) /* bytes allocated per compile / per render */
+/* Work that allocates nothing (scans, compares, dict probes; what allocates is bounded by the arena) is
+ * charged in units: one per element compared or dictionary key probed, one per 4 bytes scanned with
+ * memcmp / memchr / UTF-8 counting, one per byte of a code-point-by-code-point membership test. The limit
+ * is about a second of CPU; rendering a 6 MiB conversation with the shipped templates spends < 3% of it. */
+#define JINJA_MAX_WORK 100000000LL
 
 /* arena */
 void jarena_free(jarena *a);
@@ -156,6 +172,14 @@ char *ja_strndup(jctx *c, const char *s, size_t n);
 /* errors: set ctx->err and longjmp */
 _Noreturn void jfail(jctx *c, lf_status code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 _Noreturn void jfail_at(jctx *c, const jnode *at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+_Noreturn void jwork_exceeded(jctx *c);
+/* charge units of work (see JINJA_MAX_WORK) */
+static inline void jwork(jctx *c, uint64_t units) {
+    c->work += (int64_t)(units < (uint64_t)c->max_work ? units : (uint64_t)c->max_work);
+    if (c->work > c->max_work) jwork_exceeded(c);
+}
+/* one more level of value recursion (repr, ==, <, JSON import); the caller decrements c->depth */
+void jdeep(jctx *c);
 
 /* values (jinja_value.c) */
 jv jv_undef(const char *hint);
@@ -171,10 +195,11 @@ void jv_list_push(jctx *c, jv list, jv item);
 jv jv_dict_new(jctx *c);
 void jv_dict_set(jctx *c, jv dict, jv key, jv val);
 void jdict_set_str(jctx *c, jdict *d, const char *key, jv val);
-int jdict_get(const jdict *d, jv key, jv *out);
-int jdict_get_str(const jdict *d, const char *key, size_t n, jv *out);
+void jdict_append_str(jctx *c, jdict *d, const char *key, jv val); /* key known to be absent: no scan */
+int jdict_get(jctx *c, const jdict *d, jv key, jv *out);
+int jdict_get_str(jctx *c, const jdict *d, const char *key, size_t n, jv *out);
 int jv_truthy(jv v);
-int jv_equal(jv a, jv b);
+int jv_equal(jctx *c, jv a, jv b);
 int jv_is_str(jv v, const char *s);
 int jv_compare(jctx *c, jv a, jv b, const jnode *at); /* <0, 0, >0; type errors fail */
 const char *jv_type_name(jv v);
@@ -221,7 +246,9 @@ int jinja_apply_test(jctx *c, const char *name, size_t nlen, jv v, jv *args, int
 jv jinja_getattr(jctx *c, jv obj, const char *name, size_t n, const jnode *at);
 jv jinja_getitem(jctx *c, jv obj, jv key, const jnode *at);
 struct jlist *jinja_iter(jctx *c, jv v, const jnode *at); /* Python iteration: list items, dict keys, chars */
-jv jinja_strip(jv s, jv chars, int left, int right);   /* chars not a string = Unicode whitespace */
+jv jinja_strip(jctx *c, jv s, jv chars, int left, int right); /* chars not a string = Unicode whitespace */
+/* first (last = 0) or last occurrence of nd in h, NULL if none; work is charged to c */
+const char *jinja_find(jctx *c, const char *h, size_t hn, const char *nd, size_t nn, int last);
 jv jinja_replace(jctx *c, jv s, jv old, jv new_, int64_t count);
 jv jinja_case(jctx *c, jv s, int mode); /* 0 lower, 1 upper, 2 Python str.title, 3 capitalize, 4 Jinja title */
 

@@ -14,12 +14,14 @@
 /* ======================================================================================= output */
 
 static void emit(jctx *c, const char *p, size_t n) {
-    if (c->sink->n + n > JINJA_MAX_OUTPUT) jfail(c, LF_EINVAL, "template output exceeds %u MiB", JINJA_MAX_OUTPUT >> 20);
+    if (n > c->max_output || c->sink->n > c->max_output - n)
+        jfail(c, LF_EINVAL, "template output exceeds %zu bytes", c->max_output);
     jsb_put(c->sink, p, n);
 }
 
 static void step(jctx *c, const jnode *at) {
-    if (++c->steps > JINJA_MAX_STEPS) jfail_at(c, at, "template exceeded %lld steps (infinite loop?)", JINJA_MAX_STEPS);
+    if (++c->steps > c->max_steps)
+        jfail_at(c, at, "template exceeded %lld steps (infinite loop?)", (long long)c->max_steps);
 }
 
 /* ======================================================================================= frames */
@@ -34,7 +36,7 @@ static jframe *frame_new(jctx *c, jframe *parent) {
 static jv lookup(jctx *c, jframe *f, const char *name, size_t n) {
     for (; f; f = f->parent) {
         jv v;
-        if (jdict_get_str(f->vars, name, n, &v)) return v;
+        if (jdict_get_str(c, f->vars, name, n, &v)) return v;
     }
     char *hint = ja_alloc(c, n + 32);
     snprintf(hint, n + 32, "'%.*s' is undefined", (int)n, name);
@@ -78,8 +80,14 @@ static jv want_str(jctx *c, const char *what, jv v, const jnode *at) {
 
 static jv g_raise_exception(jctx *c, jv self, const char *name, jv *args, int nargs, const char **kwn, jv *kwv,
                             int nkw, const jnode *at) {
-    (void)self, (void)name, (void)kwn, (void)kwv, (void)nkw, (void)at;
-    jv m = nargs > 0 ? jv_to_str(c, args[0]) : jv_str("", 0);
+    (void)self, (void)name;
+    /* transformers' raise_exception(message): the message exactly as given (it is the error text) */
+    jv m = nargs > 0 ? args[0] : jv_undef(NULL);
+    for (int i = 0; i < nkw; i++)
+        if (!strcmp(kwn[i], "message")) m = kwv[i];
+    if (m.t == JV_UNDEF && nargs == 0) jfail_at(c, at, "raise_exception() missing 1 required argument: 'message'");
+    m = jv_to_str(c, m);
+    if (m.u.s.n == 0) jfail_at(c, at, "raise_exception() called with an empty message"); /* an error has a text */
     jfail(c, LF_EINVAL, "%.*s", (int)m.u.s.n, m.u.s.p);
 }
 
@@ -109,6 +117,12 @@ static int64_t want_int(jctx *c, const char *what, jv v, const jnode *at) {
     jfail_at(c, at, "%s: expected an integer, got %s", what, jv_type_name(v));
 }
 
+/* len(range(a, b, s)), s != 0, without signed overflow */
+static uint64_t span_count(int64_t a, int64_t b, int64_t s) {
+    if (s > 0) return b > a ? ((uint64_t)b - (uint64_t)a - 1) / (uint64_t)s + 1 : 0;
+    return a > b ? ((uint64_t)a - (uint64_t)b - 1) / ((uint64_t)(-(s + 1)) + 1) + 1 : 0;
+}
+
 static jv g_range(jctx *c, jv self, const char *name, jv *args, int nargs, const char **kwn, jv *kwv, int nkw,
                   const jnode *at) {
     (void)self, (void)kwn, (void)kwv, (void)nkw;
@@ -121,11 +135,12 @@ static jv g_range(jctx *c, jv self, const char *name, jv *args, int nargs, const
         if (nargs == 3) s = want_int(c, "range", args[2], at);
     }
     if (s == 0) jfail_at(c, at, "range() arg 3 must not be zero");
-    int64_t cnt = s > 0 ? (b > a ? (b - a + s - 1) / s : 0) : (a > b ? (a - b - s - 1) / -s : 0);
-    if (cnt > 100000)
-        jfail_at(c, at, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
+    uint64_t cnt = span_count(a, b, s);
+    if (cnt > JINJA_MAX_RANGE)
+        jfail_at(c, at, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (%d).", JINJA_MAX_RANGE);
     jv l = jv_list_new(c, (size_t)cnt);
-    for (int64_t i = 0; i < cnt; i++) jv_list_push(c, l, jv_int(a + i * s));
+    for (uint64_t i = 0; i < cnt; i++) /* in [a, b): representable; unsigned arithmetic cannot overflow */
+        jv_list_push(c, l, jv_int((int64_t)((uint64_t)a + i * (uint64_t)s)));
     return l;
 }
 
@@ -138,8 +153,9 @@ static jv g_cycle(jctx *c, jv self, const char *name, jv *args, int nargs, const
 
 /* ---- str methods ---- */
 
-static int in_chars(int cp, jv chars) {
+static int in_chars(jctx *c, int cp, jv chars) {
     if (chars.t != JV_STR) return ju_is_space(cp);
+    jwork(c, 1 + chars.u.s.n); /* decodes every code point of chars */
     size_t i = 0, adv;
     while (i < chars.u.s.n) {
         if (ju_decode(chars.u.s.p + i, chars.u.s.n - i, &adv) == cp) return 1;
@@ -149,13 +165,13 @@ static int in_chars(int cp, jv chars) {
 }
 
 /* Python str.strip/lstrip/rstrip; chars not a string = whitespace. */
-jv jinja_strip(jv s, jv chars, int left, int right) {
+jv jinja_strip(jctx *c, jv s, jv chars, int left, int right) {
     const char *p = s.u.s.p;
     size_t a = 0, b = s.u.s.n, adv;
     if (left)
         while (a < b) {
             int cp = ju_decode(p + a, b - a, &adv);
-            if (!in_chars(cp, chars)) break;
+            if (!in_chars(c, cp, chars)) break;
             a += adv;
         }
     if (right)
@@ -163,17 +179,45 @@ jv jinja_strip(jv s, jv chars, int left, int right) {
             size_t st = b - 1;
             while (st > a && ((unsigned char)p[st] & 0xC0) == 0x80) st--;
             int cp = ju_decode(p + st, b - st, &adv);
-            if (st + adv != b || !in_chars(cp, chars)) break;
+            if (st + adv != b || !in_chars(c, cp, chars)) break;
             b = st;
         }
+    jwork(c, (s.u.s.n - (b - a)) / 4);
     return jv_str(p + a, b - a);
 }
 
-static const char *mem_find(const char *h, size_t hn, const char *nd, size_t nn) {
-    if (nn == 0) return h;
+/* memchr for the first byte, memcmp at each candidate: fast on real text; a pathological pair (long needle,
+ * many near-matches) runs into the work budget instead of running for hours */
+const char *jinja_find(jctx *c, const char *h, size_t hn, const char *nd, size_t nn, int last) {
+    if (nn == 0) return last ? h + hn : h;
     if (nn > hn) return NULL;
-    for (size_t i = 0; i + nn <= hn; i++)
-        if (h[i] == nd[0] && memcmp(h + i, nd, nn) == 0) return h + i;
+    size_t span = hn - nn + 1; /* candidate starts */
+    if (!last) {
+        const char *p = h, *end = h + span;
+        while (p < end) {
+            const char *q = memchr(p, (unsigned char)nd[0], (size_t)(end - p));
+            jwork(c, (size_t)((q ? q : end) - p) / 16 + 1);
+            if (!q) return NULL;
+            jwork(c, nn / 4);
+            if (memcmp(q, nd, nn) == 0) return q;
+            p = q + 1;
+        }
+        return NULL;
+    }
+    size_t scanned = 0;
+    for (size_t i = span; i-- > 0;) {
+        if (h[i] != nd[0]) {
+            if (++scanned == 4096) {
+                jwork(c, scanned / 4);
+                scanned = 0;
+            }
+            continue;
+        }
+        jwork(c, 1 + nn / 4 + scanned / 4);
+        scanned = 0;
+        if (memcmp(h + i, nd, nn) == 0) return h + i;
+    }
+    jwork(c, scanned / 4);
     return NULL;
 }
 
@@ -200,7 +244,7 @@ jv jinja_replace(jctx *c, jv s, jv old, jv new_, int64_t count) {
     int64_t k = 0;
     size_t i = 0;
     while (i <= n) {
-        const char *f = (count < 0 || k < count) ? mem_find(p + i, n - i, old.u.s.p, old.u.s.n) : NULL;
+        const char *f = (count < 0 || k < count) ? jinja_find(c, p + i, n - i, old.u.s.p, old.u.s.n, 0) : NULL;
         if (!f) {
             jsb_put(&b, p + i, n - i);
             break;
@@ -223,7 +267,7 @@ static jv str_split(jctx *c, jv s, jv sep, int64_t maxsplit) {
             while (i < n && ju_is_space(ju_decode(p + i, n - i, &adv))) i += adv;
             if (i >= n) break;
             if (maxsplit >= 0 && k >= maxsplit) {
-                jv rest = jinja_strip(jv_str(p + i, n - i), jv_none(), 0, 1);
+                jv rest = jinja_strip(c, jv_str(p + i, n - i), jv_none(), 0, 1);
                 jv_list_push(c, out, rest);
                 break;
             }
@@ -237,7 +281,7 @@ static jv str_split(jctx *c, jv s, jv sep, int64_t maxsplit) {
     if (sep.u.s.n == 0) jfail(c, LF_EINVAL, "empty separator");
     int64_t k = 0;
     for (;;) {
-        const char *f = (maxsplit < 0 || k < maxsplit) ? mem_find(p + i, n - i, sep.u.s.p, sep.u.s.n) : NULL;
+        const char *f = (maxsplit < 0 || k < maxsplit) ? jinja_find(c, p + i, n - i, sep.u.s.p, sep.u.s.n, 0) : NULL;
         if (!f) {
             jv_list_push(c, out, jv_str(p + i, n - i));
             break;
@@ -249,8 +293,10 @@ static jv str_split(jctx *c, jv s, jv sep, int64_t maxsplit) {
     return out;
 }
 
-static int str_prefix(jv s, jv x, int suffix) {
+static int str_prefix(jctx *c, jv s, jv x, int suffix) {
+    jwork(c, 1);
     if (x.t != JV_STR || x.u.s.n > s.u.s.n) return 0;
+    jwork(c, x.u.s.n / 4);
     const char *p = suffix ? s.u.s.p + s.u.s.n - x.u.s.n : s.u.s.p;
     return memcmp(p, x.u.s.p, x.u.s.n) == 0;
 }
@@ -267,11 +313,13 @@ static jv kwarg(const char **kwn, jv *kwv, int nkw, const char *name, jv *args, 
 static jv m_str(jctx *c, jv self, const char *name, jv *args, int nargs, const char **kwn, jv *kwv, int nkw,
                 const jnode *at) {
     jv s = self;
+    /* every method but startswith/endswith may scan the whole string without allocating */
+    if (strcmp(name, "startswith") && strcmp(name, "endswith")) jwork(c, s.u.s.n / 4);
     if (!strcmp(name, "strip") || !strcmp(name, "lstrip") || !strcmp(name, "rstrip")) {
         want_args(c, name, nargs, 0, 1, at);
         jv ch = nargs ? args[0] : jv_none();
         if (ch.t != JV_STR && ch.t != JV_NONE) jfail_at(c, at, "%s arg must be None or str", name);
-        return jinja_strip(s, ch, name[0] != 'r', name[0] != 'l');
+        return jinja_strip(c, s, ch, name[0] != 'r', name[0] != 'l');
     }
     if (!strcmp(name, "split") || !strcmp(name, "rsplit")) {
         jv sep = kwarg(kwn, kwv, nkw, "sep", args, nargs, 0, jv_none());
@@ -281,7 +329,7 @@ static jv m_str(jctx *c, jv self, const char *name, jv *args, int nargs, const c
         if (name[0] == 'r' && m >= 0) { /* rsplit with a limit: split fully, then re-join the head */
             jv all = str_split(c, s, sep, -1);
             jlist *l = all.u.l;
-            if ((int64_t)l->n <= m + 1) return all;
+            if ((int64_t)l->n - 1 <= m) return all;
             if (sep.t != JV_STR) return all; /* whitespace rsplit with limit: rare; approximate */
             size_t keep = l->n - (size_t)m;
             const char *head_end = l->v[keep - 1].u.s.p + l->v[keep - 1].u.s.n;
@@ -297,11 +345,11 @@ static jv m_str(jctx *c, jv self, const char *name, jv *args, int nargs, const c
         int suf = name[0] == 'e';
         if (args[0].t == JV_LIST) {
             for (size_t i = 0; i < args[0].u.l->n; i++)
-                if (str_prefix(s, args[0].u.l->v[i], suf)) return jv_bool(1);
+                if (str_prefix(c, s, args[0].u.l->v[i], suf)) return jv_bool(1);
             return jv_bool(0);
         }
         want_str(c, name, args[0], at);
-        return jv_bool(str_prefix(s, args[0], suf));
+        return jv_bool(str_prefix(c, s, args[0], suf));
     }
     if (!strcmp(name, "upper")) return jinja_case(c, s, 1);
     if (!strcmp(name, "lower")) return jinja_case(c, s, 0);
@@ -321,20 +369,13 @@ static jv m_str(jctx *c, jv self, const char *name, jv *args, int nargs, const c
             int64_t k = 0;
             size_t i = 0;
             const char *f;
-            while ((f = mem_find(s.u.s.p + i, s.u.s.n - i, args[0].u.s.p, args[0].u.s.n))) {
+            while ((f = jinja_find(c, s.u.s.p + i, s.u.s.n - i, args[0].u.s.p, args[0].u.s.n, 0))) {
                 k++;
                 i = (size_t)(f - s.u.s.p) + args[0].u.s.n;
             }
             return jv_int(k);
         }
-        const char *f = NULL;
-        if (name[0] == 'r') {
-            for (size_t i = s.u.s.n + 1; i-- > 0;)
-                if (i + args[0].u.s.n <= s.u.s.n && !memcmp(s.u.s.p + i, args[0].u.s.p, args[0].u.s.n)) {
-                    f = s.u.s.p + i;
-                    break;
-                }
-        } else f = mem_find(s.u.s.p, s.u.s.n, args[0].u.s.p, args[0].u.s.n);
+        const char *f = jinja_find(c, s.u.s.p, s.u.s.n, args[0].u.s.p, args[0].u.s.n, name[0] == 'r');
         if (!f) {
             if (name[0] == 'i') jfail_at(c, at, "substring not found");
             return jv_int(-1);
@@ -414,7 +455,7 @@ static jv m_dict(jctx *c, jv self, const char *name, jv *args, int nargs, const 
     if (!strcmp(name, "get")) {
         want_args(c, name, nargs, 1, 2, at);
         jv v;
-        if (jdict_get(d, args[0], &v)) return v;
+        if (jdict_get(c, d, args[0], &v)) return v;
         return nargs > 1 ? args[1] : jv_none();
     }
     jfail_at(c, at, "access to attribute '%s' of 'dict' object is unsafe.", name);
@@ -428,7 +469,7 @@ static jv m_list(jctx *c, jv self, const char *name, jv *args, int nargs, const 
         want_args(c, name, nargs, 1, 1, at);
         int64_t k = 0;
         for (size_t i = 0; i < l->n; i++)
-            if (jv_equal(l->v[i], args[0])) {
+            if (jv_equal(c, l->v[i], args[0])) {
                 if (name[0] == 'i') return jv_int((int64_t)i);
                 k++;
             }
@@ -468,7 +509,7 @@ jv jinja_getattr(jctx *c, jv obj, const char *name, size_t n, const jnode *at) {
         if (!obj.u.d->is_ns && name_in(name, n, DICT_METHODS))
             return fnval(mkfunc(c, ja_strndup(c, name, n), m_dict, obj));
         jv v;
-        if (jdict_get_str(obj.u.d, name, n, &v)) return v;
+        if (jdict_get_str(c, obj.u.d, name, n, &v)) return v;
         return no_attr(c, obj, name, n);
     }
     if (obj.t == JV_STR && name_in(name, n, STR_METHODS)) return fnval(mkfunc(c, ja_strndup(c, name, n), m_str, obj));
@@ -482,7 +523,7 @@ jv jinja_getitem(jctx *c, jv obj, jv key, const jnode *at) {
     if (obj.t == JV_UNDEF) undefined_error(c, obj, at);
     if (obj.t == JV_DICT) {
         jv v;
-        if (jdict_get(obj.u.d, key, &v)) return v;
+        if (jdict_get(c, obj.u.d, key, &v)) return v;
         if (key.t == JV_STR) return jinja_getattr(c, obj, key.u.s.p, key.u.s.n, at);
         return jv_undef("'dict object' has no attribute");
     }
@@ -497,6 +538,7 @@ jv jinja_getitem(jctx *c, jv obj, jv key, const jnode *at) {
             }
             return obj.u.l->v[i];
         }
+        jwork(c, obj.u.s.n / 4);
         size_t len = ju_len(obj.u.s.p, obj.u.s.n);
         int64_t i = norm_index(k, len);
         if (i < 0 || i >= (int64_t)len) return jv_undef("string index out of range");
@@ -542,12 +584,14 @@ static jv do_slice(jctx *c, jv obj, jv start, jv stop, jv stepv, const jnode *at
     int64_t a, b, s;
     if (obj.t == JV_LIST) {
         slice_indices((int64_t)obj.u.l->n, start, stop, stepv, &a, &b, &s, c, at);
-        jv out = jv_list_new(c, 0);
-        for (int64_t i = a; s > 0 ? i < b : i > b; i += s) jv_list_push(c, out, obj.u.l->v[i]);
+        uint64_t cnt = span_count(a, b, s); /* a, b in [-1, n]: a + k*s stays in range */
+        jv out = jv_list_new(c, (size_t)cnt);
+        for (uint64_t k = 0; k < cnt; k++) jv_list_push(c, out, obj.u.l->v[a + (int64_t)k * s]);
         return out;
     }
     if (obj.t == JV_STR) {
         const char *p = obj.u.s.p;
+        jwork(c, obj.u.s.n / 4);
         size_t n = obj.u.s.n, len = ju_len(p, n);
         slice_indices((int64_t)len, start, stop, stepv, &a, &b, &s, c, at);
         if (s == 1) {
@@ -565,7 +609,11 @@ static jv do_slice(jctx *c, jv obj, jv start, jv stop, jv stepv, const jnode *at
         offs[k] = n;
         jsb sb;
         jsb_init(&sb, c);
-        for (int64_t j = a; s > 0 ? j < b : j > b; j += s) jsb_put(&sb, p + offs[j], offs[j + 1] - offs[j]);
+        uint64_t cnt = span_count(a, b, s);
+        for (uint64_t k = 0; k < cnt; k++) {
+            int64_t j = a + (int64_t)k * s;
+            jsb_put(&sb, p + offs[j], offs[j + 1] - offs[j]);
+        }
         return jsb_done(&sb);
     }
     jfail_at(c, at, "'%s' object is not subscriptable", jv_type_name(obj));
@@ -649,15 +697,19 @@ static int64_t iv(jv v) { return v.t == JV_INT ? v.u.i : v.u.b; }
 static double fv(jv v) { return v.t == JV_FLOAT ? v.u.f : (double)iv(v); }
 
 static jv repeat(jctx *c, jv seq, int64_t k) {
-    if (k <= 0) return seq.t == JV_STR ? jv_str("", 0) : jv_list_new(c, 0);
+    size_t n = seq.t == JV_STR ? seq.u.s.n : seq.u.l->n;
+    if (k <= 0 || n == 0) return seq.t == JV_STR ? jv_str("", 0) : jv_list_new(c, 0);
     if (seq.t == JV_STR) {
-        if ((uint64_t)k * seq.u.s.n > JINJA_MAX_OUTPUT) jfail(c, LF_EINVAL, "string repetition too large");
+        if ((uint64_t)k > c->max_output / n)
+            jfail(c, LF_EINVAL, "string repetition too large (%lld x %zu bytes; the output limit is %zu bytes)",
+                  (long long)k, n, c->max_output);
         jsb b;
         jsb_init(&b, c);
         for (int64_t i = 0; i < k; i++) jsb_put(&b, seq.u.s.p, seq.u.s.n);
         return jsb_done(&b);
     }
-    if ((uint64_t)k * seq.u.l->n > 10000000u) jfail(c, LF_EINVAL, "list repetition too large");
+    if ((uint64_t)k > 10000000u / n)
+        jfail(c, LF_EINVAL, "list repetition too large (%lld x %zu items)", (long long)k, n);
     jv out = jv_list_new(c, (size_t)k * seq.u.l->n);
     for (int64_t i = 0; i < k; i++)
         for (size_t j = 0; j < seq.u.l->n; j++) jv_list_push(c, out, seq.u.l->v[j]);
@@ -703,11 +755,15 @@ static jv binop(jctx *c, const char *op, jv a, jv b, const jnode *at) {
     case '*':
         if (op[1] == '*') {
             if (!is_num(a) || !is_num(b)) bad_operands(c, op, a, b, at);
-            if (is_intlike(a) && is_intlike(b) && iv(b) >= 0) {
+            if (is_intlike(a) && is_intlike(b) && iv(b) >= 0) { /* by squaring: O(log e); overflow -> float */
                 int64_t base = iv(a), e = iv(b), res = 1;
-                for (int64_t k = 0; k < e; k++)
-                    if (__builtin_mul_overflow(res, base, &res)) return jv_float(pow(fv(a), fv(b)));
-                return jv_int(res);
+                int ovf = 0;
+                while (e > 0 && !ovf) {
+                    if (e & 1) ovf = __builtin_mul_overflow(res, base, &res);
+                    e >>= 1;
+                    if (e && !ovf) ovf = __builtin_mul_overflow(base, base, &base);
+                }
+                return ovf ? jv_float(pow(fv(a), fv(b))) : jv_int(res);
             }
             return jv_float(pow(fv(a), fv(b)));
         }
@@ -725,6 +781,7 @@ static jv binop(jctx *c, const char *op, jv a, jv b, const jnode *at) {
             if (is_intlike(a) && is_intlike(b)) {
                 int64_t x = iv(a), y = iv(b);
                 if (y == 0) jfail_at(c, at, "integer division or modulo by zero");
+                if (y == -1) return x == INT64_MIN ? jv_float(-(double)x) : jv_int(-x); /* INT64_MIN / -1 traps */
                 int64_t q = x / y;
                 if ((x % y != 0) && ((x < 0) != (y < 0))) q--;
                 return jv_int(q);
@@ -739,6 +796,7 @@ static jv binop(jctx *c, const char *op, jv a, jv b, const jnode *at) {
         if (is_intlike(a) && is_intlike(b)) {
             int64_t x = iv(a), y = iv(b);
             if (y == 0) jfail_at(c, at, "integer division or modulo by zero");
+            if (y == -1) return jv_int(0); /* INT64_MIN % -1 traps */
             int64_t m = x % y;
             if (m != 0 && ((m < 0) != (y < 0))) m += y;
             return jv_int(m);
@@ -758,20 +816,20 @@ static int contains(jctx *c, jv hay, jv needle, const jnode *at) {
     case JV_STR:
         if (needle.t == JV_UNDEF) undefined_error(c, needle, at);
         if (needle.t != JV_STR) jfail_at(c, at, "'in <string>' requires string as left operand, not %s", jv_type_name(needle));
-        return mem_find(hay.u.s.p, hay.u.s.n, needle.u.s.p, needle.u.s.n) != NULL;
+        return jinja_find(c, hay.u.s.p, hay.u.s.n, needle.u.s.p, needle.u.s.n, 0) != NULL;
     case JV_LIST:
         for (size_t i = 0; i < hay.u.l->n; i++)
-            if (jv_equal(hay.u.l->v[i], needle)) return 1;
+            if (jv_equal(c, hay.u.l->v[i], needle)) return 1;
         return 0;
-    case JV_DICT: return jdict_get(hay.u.d, needle, NULL);
+    case JV_DICT: return jdict_get(c, hay.u.d, needle, NULL);
     case JV_UNDEF: return 0;
     default: jfail_at(c, at, "argument of type '%s' is not iterable", jv_type_name(hay));
     }
 }
 
 static int compare_op(jctx *c, const char *op, jv a, jv b, const jnode *at) {
-    if (!strcmp(op, "==")) return jv_equal(a, b);
-    if (!strcmp(op, "!=")) return !jv_equal(a, b);
+    if (!strcmp(op, "==")) return jv_equal(c, a, b);
+    if (!strcmp(op, "!=")) return !jv_equal(c, a, b);
     if (!strcmp(op, "in")) return contains(c, b, a, at);
     if (!strcmp(op, "notin")) return !contains(c, b, a, at);
     if (a.t == JV_UNDEF) undefined_error(c, a, at);
@@ -786,7 +844,8 @@ static int compare_op(jctx *c, const char *op, jv a, jv b, const jnode *at) {
 /* ======================================================================================= expressions */
 
 jv jinja_eval(jctx *c, const jnode *e, jframe *f) {
-    if (++c->depth > JINJA_MAX_DEPTH * 4) jfail_at(c, e, "expression nested too deeply");
+    if (++c->depth > JINJA_MAX_EVAL_DEPTH)
+        jfail_at(c, e, "expression nested too deeply (more than %d levels)", JINJA_MAX_EVAL_DEPTH);
     jv r;
     switch (e->kind) {
     case N_CONST: r = e->cval; break;
@@ -837,7 +896,8 @@ jv jinja_eval(jctx *c, const jnode *e, jframe *f) {
         if (a.t == JV_UNDEF) undefined_error(c, a, e);
         if (!is_num(a)) jfail_at(c, e, "bad operand type for unary %c: '%s'", e->kind == N_NEG ? '-' : '+', jv_type_name(a));
         if (e->kind == N_POS) r = a.t == JV_BOOL ? jv_int(a.u.b) : a;
-        else r = a.t == JV_FLOAT ? jv_float(-a.u.f) : jv_int(-iv(a));
+        else if (a.t == JV_FLOAT) r = jv_float(-a.u.f);
+        else r = iv(a) == INT64_MIN ? jv_float(-(double)iv(a)) : jv_int(-iv(a));
         break;
     }
     case N_NOT: r = jv_bool(!jv_truthy(jinja_eval(c, e->a, f))); break;
@@ -931,7 +991,7 @@ static void assign(jctx *c, const jnode *target, jv v, jframe *f) {
 /* Iterable -> list of items (Python iteration order). */
 static jlist *iter_items(jctx *c, jv v, const jnode *at) {
     switch (v.t) {
-    case JV_LIST: return v.u.l;
+    case JV_LIST: jwork(c, v.u.l->n); return v.u.l; /* the caller walks it, often allocating nothing */
     case JV_UNDEF: return jv_list_new(c, 0).u.l;
     case JV_DICT: {
         jv l = jv_list_new(c, v.u.d->n);
@@ -973,18 +1033,18 @@ static void render_for(jctx *c, const jnode *s, jframe *f) {
         jdict *loop = ja_alloc(c, sizeof(jdict));
         jv lv = {.t = JV_DICT};
         lv.u.d = loop;
-        jdict_set_str(c, loop, "index", jv_int((int64_t)i + 1));
-        jdict_set_str(c, loop, "index0", jv_int((int64_t)i));
-        jdict_set_str(c, loop, "revindex", jv_int((int64_t)(n - i)));
-        jdict_set_str(c, loop, "revindex0", jv_int((int64_t)(n - i - 1)));
-        jdict_set_str(c, loop, "first", jv_bool(i == 0));
-        jdict_set_str(c, loop, "last", jv_bool(i + 1 == n));
-        jdict_set_str(c, loop, "length", jv_int((int64_t)n));
-        jdict_set_str(c, loop, "depth", jv_int(1));
-        jdict_set_str(c, loop, "depth0", jv_int(0));
-        jdict_set_str(c, loop, "previtem", i > 0 ? items->v[i - 1] : jv_undef("there is no previous item"));
-        jdict_set_str(c, loop, "nextitem", i + 1 < n ? items->v[i + 1] : jv_undef("there is no next item"));
-        jdict_set_str(c, loop, "cycle", fnval(mkfunc(c, "cycle", g_cycle, jv_int((int64_t)i))));
+        jdict_append_str(c, loop, "index", jv_int((int64_t)i + 1));
+        jdict_append_str(c, loop, "index0", jv_int((int64_t)i));
+        jdict_append_str(c, loop, "revindex", jv_int((int64_t)(n - i)));
+        jdict_append_str(c, loop, "revindex0", jv_int((int64_t)(n - i - 1)));
+        jdict_append_str(c, loop, "first", jv_bool(i == 0));
+        jdict_append_str(c, loop, "last", jv_bool(i + 1 == n));
+        jdict_append_str(c, loop, "length", jv_int((int64_t)n));
+        jdict_append_str(c, loop, "depth", jv_int(1));
+        jdict_append_str(c, loop, "depth0", jv_int(0));
+        jdict_append_str(c, loop, "previtem", i > 0 ? items->v[i - 1] : jv_undef("there is no previous item"));
+        jdict_append_str(c, loop, "nextitem", i + 1 < n ? items->v[i + 1] : jv_undef("there is no next item"));
+        jdict_append_str(c, loop, "cycle", fnval(mkfunc(c, "cycle", g_cycle, jv_int((int64_t)i))));
         frame_set(c, it, "loop", 4, lv);
         assign(c, s->a, items->v[i], it);
         jinja_render_body(c, s->c, it);
@@ -1005,7 +1065,8 @@ static jv apply_filter_chain(jctx *c, const jnode *s, jv v, jframe *f) {
 
 void jinja_render_body(jctx *c, const jnode *body, jframe *f) {
     if (!body) return;
-    if (++c->depth > JINJA_MAX_DEPTH * 4) jfail_at(c, body, "template nested too deeply");
+    if (++c->depth > JINJA_MAX_EVAL_DEPTH)
+        jfail_at(c, body, "template nested too deeply (more than %d levels)", JINJA_MAX_EVAL_DEPTH);
     for (size_t k = 0; k < body->nitems; k++) {
         const jnode *s = body->items[k];
         step(c, s);

@@ -85,7 +85,7 @@ static jv kw(const char **kwn, jv *kwv, int nkw, const char *name, jv *args, int
 
 static int64_t len_of(jctx *c, jv v, const jnode *at) {
     switch (v.t) {
-    case JV_STR: return (int64_t)ju_len(v.u.s.p, v.u.s.n);
+    case JV_STR: jwork(c, v.u.s.n / 4); return (int64_t)ju_len(v.u.s.p, v.u.s.n);
     case JV_LIST: return (int64_t)v.u.l->n;
     case JV_DICT: return (int64_t)v.u.d->n;
     case JV_UNDEF: return 0;
@@ -98,7 +98,7 @@ static jv attr_path(jctx *c, jv v, jv attr, const jnode *at) {
     if (attr.t == JV_INT) return jinja_getitem(c, v, attr, at);
     if (attr.t != JV_STR) jfail_at(c, at, "attribute must be a string");
     const char *p = attr.u.s.p, *end = p + attr.u.s.n;
-    while (p <= end) {
+    for (;;) {
         const char *dot = memchr(p, '.', (size_t)(end - p));
         if (!dot) dot = end;
         char *endp;
@@ -106,17 +106,22 @@ static jv attr_path(jctx *c, jv v, jv attr, const jnode *at) {
         long long idx = strtoll(part, &endp, 10);
         if (*part && *endp == '\0') v = jinja_getitem(c, v, jv_int(idx), at);
         else v = jinja_getitem(c, v, jv_str(part, (size_t)(dot - p)), at);
-        if (v.t == JV_UNDEF) return v;
+        if (v.t == JV_UNDEF || dot == end) return v;
         p = dot + 1;
     }
-    return v;
+}
+
+/* (int64_t)d is undefined outside the int64 range: such floats (Python would make a big int) give def */
+static jv float_to_int(double d, jv def) {
+    if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0)) return def; /* also NaN */
+    return jv_int((int64_t)d);
 }
 
 static jv to_int(jv v, jv def) {
     switch (v.t) {
     case JV_INT: return v;
     case JV_BOOL: return jv_int(v.u.b);
-    case JV_FLOAT: return isfinite(v.u.f) ? jv_int((int64_t)v.u.f) : def;
+    case JV_FLOAT: return float_to_int(v.u.f, def);
     case JV_STR: {
         char buf[64];
         if (v.u.s.n >= sizeof buf) return def;
@@ -128,7 +133,7 @@ static jv to_int(jv v, jv def) {
         if (e != buf && *e == '\0') return jv_int(x);
         double d = strtod(buf, &e);
         while (*e == ' ' || *e == '\t' || *e == '\n') e++;
-        if (e != buf && *e == '\0' && isfinite(d)) return jv_int((int64_t)d);
+        if (e != buf && *e == '\0') return float_to_int(d, def);
         return def;
     }
     default: return def;
@@ -329,7 +334,9 @@ jv jinja_apply_filter(jctx *c, const char *name, size_t nlen, jv v, jv *args, in
     if (NAME_IS("e") || NAME_IS("escape") || NAME_IS("forceescape")) return html_escape(c, jv_to_str(c, v));
     if (NAME_IS("trim")) {
         jv chars = kw(kwn, kwv, nkw, "chars", args, nargs, 0, jv_none());
-        return jinja_strip(jv_to_str(c, v), chars, 1, 1);
+        jv s = jv_to_str(c, v);
+        jwork(c, s.u.s.n / 4);
+        return jinja_strip(c, s, chars, 1, 1);
     }
     if (NAME_IS("upper")) return jinja_case(c, jv_to_str(c, v), 1);
     if (NAME_IS("lower")) return jinja_case(c, jv_to_str(c, v), 0);
@@ -407,7 +414,7 @@ jv jinja_apply_filter(jctx *c, const char *name, size_t nlen, jv v, jv *args, in
         return to_float(v, def);
     }
     if (NAME_IS("abs")) {
-        if (v.t == JV_INT) return jv_int(v.u.i < 0 ? -v.u.i : v.u.i);
+        if (v.t == JV_INT) return v.u.i == INT64_MIN ? jv_float(-(double)v.u.i) : jv_int(v.u.i < 0 ? -v.u.i : v.u.i);
         if (v.t == JV_BOOL) return jv_int(v.u.b);
         if (v.t == JV_FLOAT) return jv_float(fabs(v.u.f));
         jfail_at(c, at, "bad operand type for abs(): '%s'", jv_type_name(v));
@@ -452,9 +459,14 @@ jv jinja_apply_filter(jctx *c, const char *name, size_t nlen, jv v, jv *args, in
         if (nargs < 1 || args[0].t != JV_STR) jfail_at(c, at, "map: expected a filter name or attribute=");
         if (!jinja_filter_known(args[0].u.s.p, args[0].u.s.n))
             jfail_at(c, at, "No filter named '%.*s'.", (int)args[0].u.s.n, args[0].u.s.p);
+        /* map('map', ...) recurses through this function, whose frame is large (several KiB unoptimised with
+         * ASan): a level costs 8 */
+        c->depth += 8;
+        if (c->depth > JINJA_MAX_EVAL_DEPTH) jfail_at(c, at, "map: filters nested too deeply");
         for (size_t i = 0; i < l->n; i++)
             jv_list_push(c, out, jinja_apply_filter(c, args[0].u.s.p, args[0].u.s.n, l->v[i], args + 1, nargs - 1, kwn,
                                                     kwv, nkw, f, at));
+        c->depth -= 8;
         return out;
     }
     if (NAME_IS("attr")) {
@@ -501,7 +513,7 @@ jv jinja_apply_filter(jctx *c, const char *name, size_t nlen, jv v, jv *args, in
         for (size_t i = 0; i < l->n; i++) {
             jv k = sort_key(c, l->v[i], attribute, cs, at);
             int dup = 0;
-            for (size_t j = 0; j < seen.u.l->n && !dup; j++) dup = jv_equal(seen.u.l->v[j], k);
+            for (size_t j = 0; j < seen.u.l->n && !dup; j++) dup = jv_equal(c, seen.u.l->v[j], k);
             if (!dup) {
                 jv_list_push(c, seen, k);
                 jv_list_push(c, out, l->v[i]);
@@ -532,8 +544,10 @@ jv jinja_apply_filter(jctx *c, const char *name, size_t nlen, jv v, jv *args, in
         jlist *l = jinja_iter(c, v, at);
         for (size_t i = 0; i < l->n; i++) {
             jv it = attribute.t != JV_NONE ? attr_path(c, l->v[i], attribute, at) : l->v[i];
-            if ((acc.t == JV_INT || acc.t == JV_BOOL) && (it.t == JV_INT || it.t == JV_BOOL))
-                acc = jv_int((acc.t == JV_INT ? acc.u.i : acc.u.b) + (it.t == JV_INT ? it.u.i : it.u.b));
+            int64_t r;
+            if ((acc.t == JV_INT || acc.t == JV_BOOL) && (it.t == JV_INT || it.t == JV_BOOL) &&
+                !__builtin_add_overflow(acc.t == JV_INT ? acc.u.i : acc.u.b, it.t == JV_INT ? it.u.i : it.u.b, &r))
+                acc = jv_int(r);
             else if ((acc.t == JV_INT || acc.t == JV_FLOAT || acc.t == JV_BOOL) &&
                      (it.t == JV_INT || it.t == JV_FLOAT || it.t == JV_BOOL)) {
                 double a = acc.t == JV_FLOAT ? acc.u.f : acc.t == JV_INT ? (double)acc.u.i : acc.u.b;
@@ -545,6 +559,7 @@ jv jinja_apply_filter(jctx *c, const char *name, size_t nlen, jv v, jv *args, in
     }
     if (NAME_IS("wordcount")) {
         jv s = jv_to_str(c, v);
+        jwork(c, s.u.s.n / 4);
         int64_t k = 0;
         int in_word = 0;
         for (size_t i = 0; i < s.u.s.n; i++) {
@@ -582,10 +597,10 @@ int jinja_apply_test(jctx *c, const char *name, size_t nlen, jv v, jv *args, int
         if (v.t != a0.t) return 0;
         if (v.t == JV_LIST) return v.u.l == a0.u.l;
         if (v.t == JV_DICT) return v.u.d == a0.u.d;
-        return jv_equal(v, a0);
+        return jv_equal(c, v, a0);
     }
-    if (NAME_IS("eq") || NAME_IS("equalto") || NAME_IS("==")) return jv_equal(v, a0);
-    if (NAME_IS("ne") || NAME_IS("!=")) return !jv_equal(v, a0);
+    if (NAME_IS("eq") || NAME_IS("equalto") || NAME_IS("==")) return jv_equal(c, v, a0);
+    if (NAME_IS("ne") || NAME_IS("!=")) return !jv_equal(c, v, a0);
     if (NAME_IS("lt") || NAME_IS("lessthan") || NAME_IS("<")) return jv_compare(c, v, a0, at) < 0;
     if (NAME_IS("le") || NAME_IS("<=")) return jv_compare(c, v, a0, at) <= 0;
     if (NAME_IS("gt") || NAME_IS("greaterthan") || NAME_IS(">")) return jv_compare(c, v, a0, at) > 0;
@@ -593,17 +608,14 @@ int jinja_apply_test(jctx *c, const char *name, size_t nlen, jv v, jv *args, int
     if (NAME_IS("in")) {
         if (a0.t == JV_STR) {
             if (v.t != JV_STR) jfail_at(c, at, "'in <string>' requires string as left operand");
-            if (v.u.s.n == 0) return 1;
-            for (size_t i = 0; i + v.u.s.n <= a0.u.s.n; i++)
-                if (!memcmp(a0.u.s.p + i, v.u.s.p, v.u.s.n)) return 1;
-            return 0;
+            return jinja_find(c, a0.u.s.p, a0.u.s.n, v.u.s.p, v.u.s.n, 0) != NULL;
         }
         if (a0.t == JV_LIST) {
             for (size_t i = 0; i < a0.u.l->n; i++)
-                if (jv_equal(a0.u.l->v[i], v)) return 1;
+                if (jv_equal(c, a0.u.l->v[i], v)) return 1;
             return 0;
         }
-        if (a0.t == JV_DICT) return jdict_get(a0.u.d, v, NULL);
+        if (a0.t == JV_DICT) return jdict_get(c, a0.u.d, v, NULL);
         jfail_at(c, at, "argument of type '%s' is not iterable", jv_type_name(a0));
     }
     if (NAME_IS("odd") || NAME_IS("even") || NAME_IS("divisibleby")) {
@@ -612,7 +624,7 @@ int jinja_apply_test(jctx *c, const char *name, size_t nlen, jv v, jv *args, int
         if (NAME_IS("odd")) return x % 2 != 0;
         if (NAME_IS("even")) return x % 2 == 0;
         if (a0.t != JV_INT || a0.u.i == 0) jfail_at(c, at, "divisibleby needs a non-zero integer");
-        return x % a0.u.i == 0;
+        return a0.u.i == -1 || x % a0.u.i == 0; /* INT64_MIN % -1 traps */
     }
     if (NAME_IS("lower") || NAME_IS("upper")) {
         if (v.t != JV_STR) return 0;
@@ -622,7 +634,7 @@ int jinja_apply_test(jctx *c, const char *name, size_t nlen, jv v, jv *args, int
             unsigned char ch = (unsigned char)v.u.s.p[i];
             if (((ch | 32) >= 'a' && (ch | 32) <= 'z') || ch >= 0x80) any = 1;
         }
-        return any && jv_equal(v, other);
+        return any && jv_equal(c, v, other);
     }
     if (NAME_IS("filter")) return a0.t == JV_STR && jinja_filter_known(a0.u.s.p, a0.u.s.n);
     if (NAME_IS("test")) return a0.t == JV_STR && jinja_test_known(a0.u.s.p, a0.u.s.n);

@@ -24,28 +24,37 @@ typedef struct lexer {
     jctx *c;
     const char *s;
     size_t n, pos;
-    /* location cache */
+    /* location cache: line of loc_pos; column (code points) of loc_col_pos on that line */
     size_t loc_pos;
     int loc_line;
     size_t loc_line_start;
+    size_t loc_col_pos, loc_col;
     /* tokens */
     jtok *toks;
     size_t ntoks, cap;
 } lexer;
 
+/* Tokens come in source order, so both caches only move forward (O(n) per template, not O(n * line)). */
 static void lx_loc(lexer *L, size_t pos, int *line, int *col) {
+    if (pos > L->n) pos = L->n;
     if (pos < L->loc_pos) {
         L->loc_pos = 0;
         L->loc_line = 1;
         L->loc_line_start = 0;
     }
-    for (; L->loc_pos < pos && L->loc_pos < L->n; L->loc_pos++)
+    for (; L->loc_pos < pos; L->loc_pos++)
         if (L->s[L->loc_pos] == '\n') {
             L->loc_line++;
             L->loc_line_start = L->loc_pos + 1;
         }
+    if (L->loc_col_pos < L->loc_line_start || L->loc_col_pos > pos) {
+        L->loc_col_pos = L->loc_line_start;
+        L->loc_col = 0;
+    }
+    L->loc_col += ju_len(L->s + L->loc_col_pos, pos - L->loc_col_pos);
+    L->loc_col_pos = pos;
     *line = L->loc_line;
-    *col = (int)ju_len(L->s + L->loc_line_start, pos - L->loc_line_start) + 1;
+    *col = L->loc_col < (size_t)INT32_MAX ? (int)L->loc_col + 1 : INT32_MAX;
 }
 
 _Noreturn static void lx_fail(lexer *L, size_t pos, const char *msg) {
@@ -639,20 +648,25 @@ static jnode *parse_postfix(parser *P, jnode *node) {
                 node = g;
             } else pfail(P, "%s", "expected name or number after '.'");
         } else if (is_op(P, "[")) {
+            /* jinja2's parse_subscript: items separated by ',' (no trailing one); several items (or none) are
+             * a tuple key. A slice is only valid alone: jinja2 turns x[a:b, c] into Python source that does not
+             * compile, so it fails at compile time, and so do we (such a slice has no object to slice). */
             adv(P);
             nvec v = {0};
             while (!is_op(P, "]")) {
-                if (v.n) {
-                    expect_op(P, ",");
-                    if (is_op(P, "]")) break;
-                }
+                if (v.n) expect_op(P, ",");
                 nv_push(P->c, &v, parse_subscribed(P));
             }
             adv(P);
-            if (v.n == 0) pfail(P, "%s", "expected subscript expression");
             jnode *key;
             if (v.n == 1) key = v.v[0];
             else {
+                for (size_t k = 0; k < v.n; k++)
+                    if (v.v[k]->kind == N_SLICE)
+                        jfail(P->c, LF_EFORMAT,
+                              "syntax error at line %d, column %d: a slice (':') is not allowed in a subscript with "
+                              "several items, as in x[a:b, c]",
+                              v.v[k]->line, v.v[k]->col);
                 key = mk(P, N_TUPLE, t);
                 key->items = v.v;
                 key->nitems = v.n;

@@ -32,10 +32,14 @@ void jarena_free(jarena *a) {
 
 void *ja_alloc(jctx *c, size_t n) {
     jarena *a = c->arena;
+    if (n > ((size_t)1 << 40)) jfail(c, LF_ENOMEM, "chat template: allocation of %zu bytes refused", n);
     n = (n + 15) & ~(size_t)15;
     if (n == 0) n = 16;
-    if (a->limit && a->used_total + n > a->limit)
-        jfail(c, LF_ENOMEM, "template needs more than %zu MiB of memory", a->limit >> 20);
+    if (a->limit && a->used_total + n > a->limit) {
+        if (a->limit >= ((size_t)1 << 20))
+            jfail(c, LF_ENOMEM, "template needs more than %zu MiB of memory (its limit)", a->limit >> 20);
+        jfail(c, LF_ENOMEM, "template needs more than %zu bytes of memory (its limit)", a->limit);
+    }
     jchunk *ch = a->head;
     if (!ch || ch->cap - ch->used < n) {
         size_t cap = n > JCHUNK_MIN ? n : JCHUNK_MIN;
@@ -87,6 +91,17 @@ void jfail_at(jctx *c, const jnode *at, const char *fmt, ...) {
     va_end(ap);
     if (at) jfail(c, LF_EINVAL, "%s (template line %d)", buf, at->line);
     jfail(c, LF_EINVAL, "%s", buf);
+}
+
+void jwork_exceeded(jctx *c) {
+    jfail(c, LF_EINVAL, "template exceeded its work budget (%lld units of scanning and comparing; runaway template?)",
+          (long long)c->max_work);
+}
+
+void jdeep(jctx *c) {
+    if (++c->depth > JINJA_MAX_EVAL_DEPTH)
+        jfail(c, LF_EINVAL, "value nested too deeply (more than %d levels, or a namespace that contains itself)",
+              JINJA_MAX_EVAL_DEPTH);
 }
 
 /* ======================================================================================= UTF-8 */
@@ -203,18 +218,17 @@ jv jv_dict_new(jctx *c) {
     return v;
 }
 
-static int key_eq(jv a, jv b) { return jv_equal(a, b); }
-
-int jdict_get(const jdict *d, jv key, jv *out) {
+int jdict_get(jctx *c, const jdict *d, jv key, jv *out) {
     for (size_t i = 0; i < d->n; i++)
-        if (key_eq(d->k[i], key)) {
+        if (jv_equal(c, d->k[i], key)) {
             if (out) *out = d->v[i];
             return 1;
         }
     return 0;
 }
 
-int jdict_get_str(const jdict *d, const char *key, size_t n, jv *out) {
+int jdict_get_str(jctx *c, const jdict *d, const char *key, size_t n, jv *out) {
+    jwork(c, d->n + 1);
     for (size_t i = 0; i < d->n; i++)
         if (d->k[i].t == JV_STR && d->k[i].u.s.n == n && memcmp(d->k[i].u.s.p, key, n) == 0) {
             if (out) *out = d->v[i];
@@ -223,12 +237,7 @@ int jdict_get_str(const jdict *d, const char *key, size_t n, jv *out) {
     return 0;
 }
 
-static void jdict_set(jctx *c, jdict *d, jv key, jv val) {
-    for (size_t i = 0; i < d->n; i++)
-        if (key_eq(d->k[i], key)) {
-            d->v[i] = val;
-            return;
-        }
+static void jdict_append(jctx *c, jdict *d, jv key, jv val) {
     if (d->n == d->cap) {
         size_t cap = d->cap ? d->cap * 2 : 8;
         jv *nk = ja_alloc(c, cap * sizeof(jv)), *nv = ja_alloc(c, cap * sizeof(jv));
@@ -245,8 +254,18 @@ static void jdict_set(jctx *c, jdict *d, jv key, jv val) {
     d->n++;
 }
 
+static void jdict_set(jctx *c, jdict *d, jv key, jv val) {
+    for (size_t i = 0; i < d->n; i++)
+        if (jv_equal(c, d->k[i], key)) {
+            d->v[i] = val;
+            return;
+        }
+    jdict_append(c, d, key, val);
+}
+
 void jv_dict_set(jctx *c, jv dict, jv key, jv val) { jdict_set(c, dict.u.d, key, val); }
 void jdict_set_str(jctx *c, jdict *d, const char *key, jv val) { jdict_set(c, d, jv_cstr(key), val); }
+void jdict_append_str(jctx *c, jdict *d, const char *key, jv val) { jdict_append(c, d, jv_cstr(key), val); }
 
 /* ======================================================================================= semantics */
 
@@ -267,7 +286,24 @@ int jv_truthy(jv v) {
 static int is_num(jv v) { return v.t == JV_BOOL || v.t == JV_INT || v.t == JV_FLOAT; }
 static double num_f(jv v) { return v.t == JV_FLOAT ? v.u.f : v.t == JV_INT ? (double)v.u.i : (double)v.u.b; }
 
-int jv_equal(jv a, jv b) {
+static int equal_rec(jctx *c, jv a, jv b);
+
+int jv_equal(jctx *c, jv a, jv b) {
+    jwork(c, 1);
+    if (a.t != b.t && !(is_num(a) && is_num(b))) return 0;
+    if (a.t == JV_STR) {
+        if (a.u.s.n != b.u.s.n) return 0;
+        jwork(c, a.u.s.n / 4);
+        return memcmp(a.u.s.p, b.u.s.p, a.u.s.n) == 0;
+    }
+    if (a.t != JV_LIST && a.t != JV_DICT) return equal_rec(c, a, b);
+    jdeep(c);
+    int r = equal_rec(c, a, b);
+    c->depth--;
+    return r;
+}
+
+static int equal_rec(jctx *c, jv a, jv b) {
     if (is_num(a) && is_num(b)) {
         if (a.t != JV_FLOAT && b.t != JV_FLOAT) {
             int64_t x = a.t == JV_INT ? a.u.i : a.u.b, y = b.t == JV_INT ? b.u.i : b.u.b;
@@ -281,15 +317,16 @@ int jv_equal(jv a, jv b) {
     case JV_STR: return a.u.s.n == b.u.s.n && memcmp(a.u.s.p, b.u.s.p, a.u.s.n) == 0;
     case JV_LIST:
         if (a.u.l->n != b.u.l->n) return 0;
+        if (a.u.l == b.u.l) return 1;
         for (size_t i = 0; i < a.u.l->n; i++)
-            if (!jv_equal(a.u.l->v[i], b.u.l->v[i])) return 0;
+            if (!jv_equal(c, a.u.l->v[i], b.u.l->v[i])) return 0;
         return 1;
     case JV_DICT:
         if (a.u.d == b.u.d) return 1;
         if (a.u.d->is_ns || b.u.d->is_ns || a.u.d->n != b.u.d->n) return 0;
         for (size_t i = 0; i < a.u.d->n; i++) {
             jv o;
-            if (!jdict_get(b.u.d, a.u.d->k[i], &o) || !jv_equal(a.u.d->v[i], o)) return 0;
+            if (!jdict_get(c, b.u.d, a.u.d->k[i], &o) || !jv_equal(c, a.u.d->v[i], o)) return 0;
         }
         return 1;
     case JV_FUNC: return a.u.fn == b.u.fn;
@@ -315,6 +352,7 @@ const char *jv_type_name(jv v) {
 }
 
 int jv_compare(jctx *c, jv a, jv b, const jnode *at) {
+    jwork(c, 1);
     if (is_num(a) && is_num(b)) {
         if (a.t != JV_FLOAT && b.t != JV_FLOAT) {
             int64_t x = a.t == JV_INT ? a.u.i : a.u.b, y = b.t == JV_INT ? b.u.i : b.u.b;
@@ -325,16 +363,21 @@ int jv_compare(jctx *c, jv a, jv b, const jnode *at) {
     }
     if (a.t == JV_STR && b.t == JV_STR) {
         size_t n = a.u.s.n < b.u.s.n ? a.u.s.n : b.u.s.n;
+        jwork(c, n / 4);
         int r = memcmp(a.u.s.p, b.u.s.p, n); /* byte order == code point order for UTF-8 */
         if (r) return r < 0 ? -1 : 1;
         return a.u.s.n < b.u.s.n ? -1 : a.u.s.n > b.u.s.n;
     }
     if (a.t == JV_LIST && b.t == JV_LIST) {
         size_t n = a.u.l->n < b.u.l->n ? a.u.l->n : b.u.l->n;
+        jdeep(c);
         for (size_t i = 0; i < n; i++) {
-            if (jv_equal(a.u.l->v[i], b.u.l->v[i])) continue;
-            return jv_compare(c, a.u.l->v[i], b.u.l->v[i], at);
+            if (jv_equal(c, a.u.l->v[i], b.u.l->v[i])) continue;
+            int r = jv_compare(c, a.u.l->v[i], b.u.l->v[i], at);
+            c->depth--;
+            return r;
         }
+        c->depth--;
         return a.u.l->n < b.u.l->n ? -1 : a.u.l->n > b.u.l->n;
     }
     jfail_at(c, at, "'<' not supported between instances of '%s' and '%s'", jv_type_name(a), jv_type_name(b));
@@ -342,17 +385,21 @@ int jv_compare(jctx *c, jv a, jv b, const jnode *at) {
 
 jv jv_from_json(jctx *c, const json_t *j) {
     switch (json_typeof(j)) {
-    case JSON_OBJECT: {
+    case JSON_OBJECT: { /* a JSON object's keys are unique: append without the duplicate scan */
         jv d = jv_dict_new(c);
         const char *k;
         json_t *v;
-        json_object_foreach((json_t *)j, k, v) jv_dict_set(c, d, jv_cstr(k), jv_from_json(c, v));
+        jdeep(c);
+        json_object_foreach((json_t *)j, k, v) jdict_append(c, d.u.d, jv_cstr(k), jv_from_json(c, v));
+        c->depth--;
         return d;
     }
     case JSON_ARRAY: {
         size_t n = json_array_size(j);
         jv l = jv_list_new(c, n);
+        jdeep(c);
         for (size_t i = 0; i < n; i++) jv_list_push(c, l, jv_from_json(c, json_array_get(j, i)));
+        c->depth--;
         return l;
     }
     case JSON_STRING: return jv_str(json_string_value(j), json_string_length(j));
@@ -476,6 +523,7 @@ static void repr_str(jsb *b, const char *p, size_t n) {
 
 void jv_repr(jsb *b, jv v) {
     char buf[64];
+    if (v.t == JV_LIST || v.t == JV_DICT) jdeep(b->c);
     switch (v.t) {
     case JV_UNDEF: break;
     case JV_NONE: jsb_puts(b, "None"); break;
@@ -499,17 +547,7 @@ void jv_repr(jsb *b, jv v) {
         jsb_putc(b, v.u.l->is_tuple ? ')' : ']');
         break;
     case JV_DICT:
-        if (v.u.d->is_ns) {
-            jsb_puts(b, "<Namespace ");
-            for (size_t i = 0; i < v.u.d->n; i++) {
-                if (i) jsb_puts(b, ", ");
-                jsb_put(b, v.u.d->k[i].u.s.p, v.u.d->k[i].u.s.n);
-                jsb_putc(b, '=');
-                jv_repr(b, v.u.d->v[i]);
-            }
-            jsb_putc(b, '>');
-            break;
-        }
+        if (v.u.d->is_ns) jsb_puts(b, "<Namespace "); /* jinja2 3.1: f"<Namespace {self.__attrs!r}>" */
         jsb_putc(b, '{');
         for (size_t i = 0; i < v.u.d->n; i++) {
             if (i) jsb_puts(b, ", ");
@@ -518,6 +556,7 @@ void jv_repr(jsb *b, jv v) {
             jv_repr(b, v.u.d->v[i]);
         }
         jsb_putc(b, '}');
+        if (v.u.d->is_ns) jsb_putc(b, '>');
         break;
     case JV_FUNC:
         jsb_puts(b, "<function ");
@@ -525,6 +564,7 @@ void jv_repr(jsb *b, jv v) {
         jsb_putc(b, '>');
         break;
     }
+    if (v.t == JV_LIST || v.t == JV_DICT) b->c->depth--;
 }
 
 jv jv_to_str(jctx *c, jv v) {
