@@ -443,8 +443,8 @@ static lf_status read_patterns(const char *path, const char *key, const json_t *
         snprintf(kk, sizeof kk, "%s key", key);
         LF_TRY(copy_str(path, kk, k, pat[*count].key, sizeof pat[*count].key, err));
         pat[*count].value = json_number_value(x);
-        if (is_rank && pat[*count].value < 1)
-            return lf_err_set(err, LF_EFORMAT, "%s: \"%s\"[\"%s\"] = %g: ranks must be >= 1", path, key, k,
+        if (is_rank && !(pat[*count].value >= 1 && pat[*count].value <= 1e9)) /* as "r"; also keeps int64 casts defined */
+            return lf_err_set(err, LF_EFORMAT, "%s: \"%s\"[\"%s\"] = %g: ranks must be in 1..1e9", path, key, k,
                               pat[*count].value);
         (*count)++;
     }
@@ -623,14 +623,67 @@ lf_status lf_peft_load(const char *dir, const lf_model_config *mc, lf_lora_adapt
         return lf_err_set(err, LF_ENOTFOUND, "%s: missing %s", dir, LF_PEFT_WEIGHTS_NAME);
     }
     LF_TRY(lf_peft_config_read(cpath, &cfg, err));
+    LF_TRY(lf_st_open(wpath, &f, err));
     {
-        lf_status cs = lf_lora_create(&cfg, mc, &a, err);
+        /* The ranks come from the config, the memory follows them: lf_lora_create allocates every selected
+         * slot before a tensor is read, so "r": 1000000000 alone would ask for gigabytes. A slot of rank R
+         * needs a lora_A [R, in_features] in the file, so no rank above the file's largest such lora_A can
+         * load: ranks are capped at that + 1 for the allocation (a slot left with rank > max_r fails below,
+         * as it would have at its shape check) and restored in the adapter's config. */
+        int64_t max_r = 0;
+        for (int64_t i = 0; i < lf_st_count(f); i++) {
+            const lf_st_tensor *t = lf_st_at(f, i);
+            int64_t l, oc, in;
+            lf_module m;
+            lf_peft_kind k;
+            if (!lf_peft_parse_name(t->name, &l, &m, &k) || k != LF_PEFT_A || t->ndim != 2 || l >= mc->L) continue;
+            lf_module_shape(mc, m, &oc, &in);
+            if (t->shape[1] == in && t->shape[0] > max_r) max_r = t->shape[0];
+        }
+        lf_lora_config capped = cfg;
+        if (capped.r > max_r + 1) capped.r = max_r + 1;
+        for (int i = 0; i < capped.n_rank_pattern; i++)
+            if (capped.rank_pattern[i].value > (double)(max_r + 1)) capped.rank_pattern[i].value = (double)(max_r + 1);
+        lf_status cs = lf_lora_create(&capped, mc, &a, err);
         if (cs) {
             st = lf_err_wrap(err, cs, "%s", cpath);
             goto fail;
         }
+        a->cfg.r = cfg.r;
+        for (int i = 0; i < cfg.n_rank_pattern; i++) a->cfg.rank_pattern[i].value = cfg.rank_pattern[i].value;
+        for (int64_t i = 0; i < a->L * LF_MOD_COUNT; i++) {
+            const lf_lora_slot *s = &a->slots[i];
+            if (s->present && s->R > max_r) {
+                int64_t l = i / LF_MOD_COUNT;
+                lf_module m = (lf_module)(i % LF_MOD_COUNT);
+                const lf_st_tensor *ta = NULL;
+                for (int64_t j = 0; j < lf_st_count(f) && !ta; j++) {
+                    int64_t tl;
+                    lf_module tm;
+                    lf_peft_kind tk;
+                    const lf_st_tensor *t = lf_st_at(f, j);
+                    if (lf_peft_parse_name(t->name, &tl, &tm, &tk) && tl == l && tm == m && tk == LF_PEFT_A) ta = t;
+                }
+                char name[256], got[96];
+                lf_peft_tensor_name(name, sizeof name, l, m, LF_PEFT_A);
+                if (ta) fmt_shape(got, sizeof got, ta->shape, ta->ndim);
+                if (ta && (ta->ndim != 2 || ta->shape[1] != s->IN))
+                    st = lf_err_set(err, LF_EFORMAT, "%s: tensor '%s' has shape %s, expected [r, %" PRId64 "] [r, "
+                                    "in_features] (r=%" PRId64 " or a rank_pattern entry from %s, %s in_features %" PRId64
+                                    " from the model config; adapter of another base model?)", wpath, ta->name, got,
+                                    s->IN, cfg.r, cpath, lf_module_name(m), s->IN);
+                else if (ta)
+                    st = lf_err_set(err, LF_EFORMAT, "%s: tensor '%s' has shape %s, expected [r, in_features] with the "
+                                    "rank from %s (r=%" PRId64 " or a rank_pattern entry), which is above %" PRId64
+                                    ", the largest lora_A rank in the file", wpath, ta->name, got, cpath, cfg.r, max_r);
+                else
+                    st = lf_err_set(err, LF_EFORMAT, "%s: missing tensor '%s' (target_modules in %s selects layer %"
+                                    PRId64 " %s, with a rank above %" PRId64 ": r=%" PRId64 " or a rank_pattern entry)",
+                                    wpath, name, cpath, l, lf_module_name(m), max_r, cfg.r);
+                goto fail;
+            }
+        }
     }
-    LF_TRY(lf_st_open(wpath, &f, err));
     seen = calloc((size_t)(a->L * LF_MOD_COUNT * 3), sizeof *seen);
     LF_CHECK_ALLOC(seen, err);
     for (int64_t i = 0; i < lf_st_count(f); i++) {
@@ -690,7 +743,18 @@ lf_status lf_peft_load(const char *dir, const lf_model_config *mc, lf_lora_adapt
                             t->name, lf_dtype_name(t->dtype));
             goto fail;
         }
-        lf_status cs = lf_to_f32_n(dst, t->data, t->dtype, t->numel, err);
+        /* a header length that is not a multiple of the element size leaves the data unaligned (valid
+         * safetensors, core/safetensors.h): the 16-bit converters need aligned loads, so copy those first */
+        const void *src = t->data;
+        void *aligned = NULL;
+        if (t->dtype != LF_DTYPE_F32 && ((uintptr_t)src % 2) != 0 && t->numel > 0) {
+            aligned = malloc((size_t)(t->end - t->begin));
+            LF_CHECK_ALLOC(aligned, err);
+            memcpy(aligned, src, (size_t)(t->end - t->begin));
+            src = aligned;
+        }
+        lf_status cs = lf_to_f32_n(dst, src, t->dtype, t->numel, err);
+        free(aligned);
         if (cs) {
             st = lf_err_wrap(err, cs, "%s: tensor '%s'", wpath, t->name);
             goto fail;

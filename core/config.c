@@ -252,6 +252,15 @@ static int close_enough(const char *name, int d) {
     return d > 0 && d <= 4 && d * 3 <= len + 1;
 }
 
+/* The distance is at least the length difference: candidates more than 4 apart are never close_enough, so
+ * skip computing it (unknown keys and values come from users, flags and fuzzers: keep the lookup cheap). */
+static int edit_distance_near(const char *a, const char *b) {
+    int n = (int)strlen(a), m = (int)strlen(b);
+    if (n > 63) n = 63;
+    if (m > 63) m = 63;
+    return (n > m ? n - m : m - n) > 4 ? 1 << 20 : edit_distance(a, b);
+}
+
 /* closest entry of "a|b|c" to s, written into out; 0 if none is close */
 static int suggest_choice(const char *choices, const char *s, char *out, size_t cap) {
     int best = 1 << 30;
@@ -264,7 +273,7 @@ static int suggest_choice(const char *choices, const char *s, char *out, size_t 
         if (len < sizeof item) {
             memcpy(item, p, len);
             item[len] = '\0';
-            int d = edit_distance(s, item);
+            int d = edit_distance_near(s, item);
             if (close_enough(item, d) && d < best) {
                 best = d;
                 snprintf(out, cap, "%s", item);
@@ -297,11 +306,11 @@ const char *lf_config_suggest_key(const char *name) {
     const char *best = NULL;
     int bd = 1 << 30;
     for (size_t i = 0; i < NKEYS; i++) {
-        int d = edit_distance(name, SCHEMA[i].name);
+        int d = edit_distance_near(name, SCHEMA[i].name);
         if (close_enough(SCHEMA[i].name, d) && d < bd) bd = d, best = SCHEMA[i].name;
     }
     for (size_t i = 0; i < sizeof ALIASES / sizeof ALIASES[0]; i++) {
-        int d = edit_distance(name, ALIASES[i].alias);
+        int d = edit_distance_near(name, ALIASES[i].alias);
         if (close_enough(ALIASES[i].alias, d) && d < bd) bd = d, best = ALIASES[i].alias;
     }
     return best;
@@ -674,12 +683,40 @@ static void commit(lf_train_config *cfg, const lf_config_key *k, parsed *p) {
     }
 }
 
+/* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF). */
+static int utf8_ok(const char *str) {
+    const unsigned char *s = (const unsigned char *)str;
+    while (*s) {
+        unsigned c = *s, k, cp, min;
+        if (c < 0x80) {
+            s++;
+            continue;
+        }
+        if ((c & 0xE0) == 0xC0) k = 1, cp = c & 0x1F, min = 0x80;
+        else if ((c & 0xF0) == 0xE0) k = 2, cp = c & 0x0F, min = 0x800;
+        else if ((c & 0xF8) == 0xF0) k = 3, cp = c & 0x07, min = 0x10000;
+        else return 0;
+        for (unsigned j = 1; j <= k; j++) {
+            if ((s[j] & 0xC0) != 0x80) return 0; /* also stops at the NUL */
+            cp = (cp << 6) | (s[j] & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+        s += k + 1;
+    }
+    return 1;
+}
+
 /* The one way a value enters a config. A source ranked below the key's current source is ignored. */
 static lf_status set_key(lf_train_config *cfg, const lf_config_key *k, const cfg_val *v, lf_config_source src,
                          const char *where, lf_err *err) {
     lf_config_origin *o = &cfg->origin[key_index(k)];
     if (src < o->src) return LF_OK;
     if (!where || !where[0]) where = "config";
+    /* values are written back as JSON (lf_config_to_json, trainer_state.json): text only. YAML and JSON
+     * sources are UTF-8 already; flags and lf_config_set can carry any bytes. */
+    int bad_utf8 = v->kind == V_SCALAR && v->text && !utf8_ok(v->text);
+    for (int i = 0; v->kind == V_LIST && i < v->n && !bad_utf8; i++) bad_utf8 = v->items[i] && !utf8_ok(v->items[i]);
+    if (bad_utf8) return lf_err_set(err, LF_EINVAL, "%s: %s: value is not valid UTF-8 text", where, k->name);
     parsed p = {0};
     lf_status st = LF_OK;
     int nullable = (k->flags & LF_CFG_F_NULLABLE) != 0;
@@ -1383,7 +1420,9 @@ static json_t *key_json(const lf_train_config *cfg, const lf_config_key *k) {
     }
     case LF_CFG_LIST: {
         const lf_config_list *l = f;
-        if (l->n == 0) return json_null();
+        /* empty: unset where the key may be unset; else an explicit [] (null would read back as the default,
+         * e.g. lora_target "all", and lf_config_validate refuses the empty list) */
+        if (l->n == 0 && (k->flags & LF_CFG_F_NULLABLE)) return json_null();
         json_t *a = json_array();
         for (int i = 0; a && i < l->n; i++) json_array_append_new(a, json_string(l->items[i]));
         return a;

@@ -48,9 +48,9 @@ static lf_status as_int(const json_t *v, const char *key, int64_t *out, const ch
         *out = (int64_t)json_integer_value(v);
         return LF_OK;
     }
-    if (json_is_real(v)) { /* accept 4.0 but not 4.5 */
+    if (json_is_real(v)) { /* accept 4.0 but not 4.5, nor 1e28 (no int64: converting it is undefined) */
         double d = json_real_value(v);
-        if (d == (double)(int64_t)d) {
+        if (d >= -0x1p63 && d < 0x1p63 && d == (double)(int64_t)d) {
             *out = (int64_t)d;
             return LF_OK;
         }

@@ -973,6 +973,29 @@ void lf_tokenizer_stream_free(lf_tokenizer_stream *s) {
 
 static int ends_with_fffd(const char *s, size_t n) { return n >= 3 && !memcmp(s + n - 3, "\xEF\xBF\xBD", 3); }
 
+static int decoder_has_bytefallback(const decoder *d) {
+    if (!d) return 0;
+    if (d->kind == DEC_BYTEFALLBACK) return 1;
+    for (size_t i = 0; i < d->n_children; i++)
+        if (decoder_has_bytefallback(&d->children[i])) return 1;
+    return 0;
+}
+
+/* The last id of the stream that reaches the decoder is a <0xXX> byte token: ByteFallback turns a whole run of
+ * byte tokens into U+FFFD each when the run is not valid UTF-8, so a later byte may rewrite text already valid
+ * ("<0x47>" is "G", "<0x47><0xFF>" is two U+FFFD): hold the run back until a non-byte token closes it. */
+static int stream_in_byte_run(const lf_tokenizer_stream *s) {
+    if (!decoder_has_bytefallback(s->t->dec)) return 0;
+    for (int64_t i = s->n - 1; i >= s->read; i--) {
+        size_t tl;
+        uint8_t byte;
+        const char *tok = lf_tokenizer_id_to_token(s->t, s->ids[i], &tl);
+        if (!tok || (s->skip_special && tk_smap_get(&s->t->special_set, tok, tl))) continue; /* dropped by decode */
+        return parse_byte_token(tok, tl, &byte);
+    }
+    return 0;
+}
+
 /* Emit decode(ids[prefix..n)) minus decode(ids[prefix..read)) when complete (or always when final). */
 static lf_status stream_step(lf_tokenizer_stream *s, int final, const char **piece, size_t *len, lf_err *err) {
     char *a = NULL, *b = NULL;
@@ -982,6 +1005,7 @@ static lf_status stream_step(lf_tokenizer_stream *s, int final, const char **pie
     s->piece = NULL;
     *piece = "";
     *len = 0;
+    if (!final && stream_in_byte_run(s)) return LF_OK;
     if ((st = lf_tokenizer_decode(s->t, s->ids + s->prefix, s->read - s->prefix, s->skip_special, &a, &al, err))) return st;
     if ((st = lf_tokenizer_decode(s->t, s->ids + s->prefix, s->n - s->prefix, s->skip_special, &b, &bl, err))) {
         free(a);

@@ -4,8 +4,8 @@
 set -euo pipefail
 PKGS=(build-essential curl cmake pkg-config libjansson-dev zlib1g-dev libmicrohttpd-dev libpcre2-dev libutf8proc-dev libyaml-dev)
 if [ "${1:-}" = "--tests" ]; then
-  # the oracle virtualenv: Debian's torch + venv support
-  PKGS+=(python3 python3-venv python3-torch python3-numpy)
+  # the oracle virtualenv: Debian's torch + venv support; clang + its libFuzzer runtime for scripts/fuzz.sh
+  PKGS+=(python3 python3-venv python3-torch python3-numpy clang libclang-rt-dev)
 fi
 missing=()
 for p in "${PKGS[@]}"; do

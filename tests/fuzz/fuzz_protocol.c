@@ -5,12 +5,16 @@
  * output parses back as JSON; the stop matcher's emitted + flushed text is a prefix of its input and its
  * held text stays below max(longest stop, 4) bytes.
  *
- * Not built by CMake. Build and run from the repository root (clang 14 has libFuzzer built in):
+ * sources: serve/protocol.c serve/stop.c core/status.c
+ * pkg: jansson
+ * Not built by CMake. Build and run: scripts/fuzz.sh [SECONDS] protocol (docs/fuzzing.md), which reads the two
+ * lines above; by hand from the repository root (clang 14 has libFuzzer built in):
  *   clang -g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -fsanitize=fuzzer,address,undefined \
  *     -I. tests/fuzz/fuzz_protocol.c serve/protocol.c serve/stop.c core/status.c \
  *     $(pkg-config --cflags --libs jansson) -lm -o /tmp/fuzz_protocol
- *   mkdir -p /tmp/fuzz-corpus && /tmp/fuzz_protocol -max_len=4096 -max_total_time=60 /tmp/fuzz-corpus
- * Seed corpus ideas: {"inputs":"hi","parameters":{"stop":["</s>"]}}, {"messages":[{"role":"user","content":"x"}]}. */
+ *   mkdir -p /tmp/fuzz-corpus && /tmp/fuzz_protocol -max_len=4096 -max_total_time=60 /tmp/fuzz-corpus \
+ *     tests/fuzz/corpus/protocol
+ * Seeds: tests/fuzz/corpus/protocol/ (tests/fuzz/make_seeds.py). */
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>

@@ -859,6 +859,53 @@ static void test_roundtrip(lf_rng *r) {
     lf_config_free(&b);
 }
 
+/* ---- inputs found by tests/fuzz/fuzz_config.c (docs/fuzzing.md) ---- */
+static void test_fuzz_regressions(void) {
+    lf_train_config cfg;
+    lf_err err;
+    /* a flag value with invalid UTF-8 used to be accepted, then lf_config_to_json dropped it ("dataset": [])
+     * or failed: every source now refuses bytes that are not UTF-8 text, naming the key */
+    char a0[] = "--model_name_or_path", a1[] = "/m", a2[] = "dataset=a\xd4\x9d\xff\xd2-packing";
+    char *argv[] = {a0, a1, a2};
+    lf_config_defaults(&cfg, &err);
+    lf_status st = lf_config_load_flags(&cfg, 3, argv, NULL, &err);
+    CHECK(st == LF_EINVAL && strstr(err.msg, "dataset") && strstr(err.msg, "UTF-8"), "bad UTF-8 flag: %d %s", st,
+          err.msg);
+    CHECK(lf_config_set(&cfg, "output_dir", "/o\xc3", LF_CFG_SRC_FLAG, "test", &err) == LF_EINVAL,
+          "bad UTF-8 lf_config_set: %s", err.msg);
+    CHECK(lf_config_set(&cfg, "lora_target", "q_proj,\xed\xa0\x80", LF_CFG_SRC_FLAG, "test", &err) == LF_EINVAL,
+          "surrogate in a list: %s", err.msg);
+    CHECK(lf_config_set(&cfg, "output_dir", "/o/caf\xc3\xa9", LF_CFG_SRC_FLAG, "test", &err) == LF_OK, "UTF-8 ok: %s",
+          err.msg);
+    json_t *j = NULL;
+    CHECK(lf_config_to_json(&cfg, &j, &err) == LF_OK && j && json_is_string(json_object_get(j, "output_dir")),
+          "to_json after refusals: %s", err.msg);
+    json_decref(j);
+    /* an empty list for a list key that cannot be unset (lora_target, report_to) was written as null by
+     * lf_config_to_json and so read back as the default ("all"); it is written as [] now (validation still
+     * refuses it), and nullable keys stay null */
+    lf_config_free(&cfg);
+    lf_config_defaults(&cfg, &err);
+    const char *js = "{\"lora_target\": [ ], \"report_to\": [], \"dataset\": []}";
+    CHECK(lf_config_load_json_buffer(&cfg, js, strlen(js), "t.json", &err) == LF_OK, "empty lists load: %s", err.msg);
+    j = NULL;
+    CHECK(lf_config_to_json(&cfg, &j, &err) == LF_OK, "to_json: %s", err.msg);
+    json_t *lt = json_object_get(j, "lora_target"), *rt = json_object_get(j, "report_to");
+    CHECK(json_is_array(lt) && json_array_size(lt) == 0 && json_is_array(rt) && json_array_size(rt) == 0 &&
+              json_is_null(json_object_get(j, "dataset")),
+          "empty lists written as [] (null where unset)");
+    char *txt = json_dumps(j, 0);
+    lf_train_config back;
+    lf_config_defaults(&back, &err);
+    CHECK(txt && lf_config_load_json_buffer(&back, txt, strlen(txt), "back.json", &err) == LF_OK &&
+              back.lora_target.n == 0 && back.report_to.n == 0,
+          "empty lists read back empty: %s", err.msg);
+    free(txt);
+    json_decref(j);
+    lf_config_free(&back);
+    lf_config_free(&cfg);
+}
+
 int main(void) {
     const char *env = getenv("LF_TEST_SEED");
     uint64_t seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
@@ -883,6 +930,7 @@ int main(void) {
     test_sagemaker_env();
     test_load_all();
     test_roundtrip(&rng);
+    test_fuzz_regressions();
 
     lf_log_set_sink(NULL);
     fclose(logf_);

@@ -183,6 +183,15 @@ static void test_json(void) {
     CHECK(lf_json_bool_opt(j, "c", 0, &b, "t.json", &err) == LF_EFORMAT, "string is not a bool");
     json_decref(j);
     CHECK(lf_json_load_buffer("{\"a\":1,\"a\":2}", 13, "dup.json", &j, &err) == LF_EFORMAT && strstr(err.msg, "dup.json"), "duplicate keys rejected");
+    /* tests/fuzz/fuzz_safetensors (config.json "hidden_size": 1e28): a real outside int64 was converted to
+     * int64_t before the range was known (undefined behaviour, UBSan: float-cast-overflow); now an error */
+    txt = "{\"big\": 1e28, \"neg\": -1e19, \"edge\": 9223372036854775808.0, \"min\": -9223372036854775808.0}";
+    CHECK(lf_json_load_buffer(txt, strlen(txt), "big.json", &j, &err) == LF_OK, "json parse");
+    CHECK(lf_json_int(j, "big", &i, "big.json", &err) == LF_EFORMAT && strstr(err.msg, "\"big\""), "1e28 is not an int64: %s", err.msg);
+    CHECK(lf_json_int(j, "neg", &i, "big.json", &err) == LF_EFORMAT, "-1e19 is not an int64");
+    CHECK(lf_json_int(j, "edge", &i, "big.json", &err) == LF_EFORMAT, "2^63 is not an int64");
+    CHECK(lf_json_int_opt(j, "min", 0, &i, "big.json", &err) == LF_OK && i == INT64_MIN, "-2^63 is");
+    json_decref(j);
 }
 
 static void test_arena(void) {

@@ -1026,6 +1026,66 @@ static void test_iterator(void) {
     lf_chat_template_free(t);
 }
 
+/* ---- inputs found by tests/fuzz (docs/fuzzing.md) ---- */
+
+/* Stream-decode ids[n]; 1 when the pieces add up to lf_tokenizer_decode's text (tokenizer.h's contract). */
+static int stream_matches(const lf_tokenizer *t, const int32_t *ids, int64_t n, char *got, size_t cap) {
+    lf_err err;
+    char *want = NULL;
+    size_t wl = 0, at = 0;
+    lf_tokenizer_stream *s = NULL;
+    if (lf_tokenizer_decode(t, ids, n, 0, &want, &wl, &err) || lf_tokenizer_stream_create(t, 0, &s, &err)) return 0;
+    got[0] = '\0';
+    for (int64_t i = 0; i <= n; i++) {
+        const char *piece;
+        size_t pl;
+        lf_status st = i < n ? lf_tokenizer_stream_push(s, ids[i], &piece, &pl, &err)
+                             : lf_tokenizer_stream_flush(s, &piece, &pl, &err);
+        if (st || at + pl >= cap) break;
+        memcpy(got + at, piece, pl);
+        got[at += pl] = '\0';
+    }
+    int ok = at == wl && memcmp(got, want, wl) == 0;
+    lf_tokenizer_stream_free(s);
+    free(want);
+    return ok;
+}
+
+/* fuzz_tokenizer: with a ByteFallback decoder, "<0x47>" alone decodes to "G" but "<0x47><0xFF>" to two U+FFFD
+ * (a byte run that is not UTF-8 is replaced token by token), so the stream emitted "G" and then the two U+FFFD:
+ * three characters where decode has two. The stream now holds a byte run back until a non-byte token ends it. */
+static void test_fuzz_stream_byte_fallback(void) {
+    make_dir("tokbf");
+    write_file("tokbf/tokenizer.json",
+               "{\"version\":\"1.0\",\"added_tokens\":[{\"id\":5,\"content\":\"<s>\",\"single_word\":false,"
+               "\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true}],\"normalizer\":null,"
+               "\"pre_tokenizer\":null,\"post_processor\":null,\"decoder\":{\"type\":\"Sequence\",\"decoders\":["
+               "{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"}]},\"model\":{\"type\":\"BPE\",\"dropout\":null,"
+               "\"unk_token\":\"<unk>\",\"byte_fallback\":true,\"vocab\":{\"<unk>\":0,\"<0x47>\":1,\"<0xFF>\":2,"
+               "\"<0xC3>\":3,\"x\":4,\"<0xA9>\":6},\"merges\":[]}}");
+    char p[512], got[256];
+    path_of(p, sizeof p, "tokbf");
+    lf_tokenizer *t = NULL;
+    lf_err err = {0};
+    if (lf_tokenizer_load(p, &t, &err) != LF_OK) {
+        CHECK(0, "byte-fallback tokenizer: %s", err.msg);
+        return;
+    }
+    static const int32_t cases[][5] = {
+        {1, 2, -1},       /* G then an invalid byte: decode is two U+FFFD */
+        {1, 2, 4, -1},    /* ... closed by a normal token */
+        {3, 6, 1, 2, -1}, /* "é" then "G" + invalid byte in the same run */
+        {1, 5, 2, -1},    /* a special token inside the run (kept: skip_special 0) */
+        {4, 1, 4, 3, -1}, /* runs between normal tokens, a trailing incomplete byte */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int64_t n = 0;
+        while (cases[c][n] >= 0) n++;
+        CHECK(stream_matches(t, cases[c], n, got, sizeof got), "byte-fallback stream case %zu: got '%s'", c, got);
+    }
+    lf_tokenizer_free(t);
+}
+
 int main(void) {
     const char *env = getenv("LF_TEST_SEED");
     uint64_t seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
@@ -1050,6 +1110,7 @@ int main(void) {
     test_split();
     test_packing();
     test_iterator();
+    test_fuzz_stream_byte_fallback();
     lf_tokenizer_free(tok);
     nftw(tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     printf("%d passed, %d failed\n", passed, failed);

@@ -696,6 +696,63 @@ static void test_load_errors(void) {
     CHECK(lf_peft_load(dir, &mc, &a, &err) == LF_ENOTFOUND && strstr(err.msg, LF_PEFT_CONFIG_NAME), "no config: %s",
           err.msg);
     CHECK(lf_peft_load("/nonexistent/adapter", &mc, &a, &err) == LF_ENOTFOUND, "no dir: %s", err.msg);
+
+    /* tests/fuzz/fuzz_adapter: ranks are bounded by the weights before anything is allocated. "r": 1e9 with
+     * the good rank-4 weights used to allocate L * slots * 1e9 * (in + out) floats (hundreds of GB: ENOMEM, or
+     * libFuzzer's malloc limit); a rank_pattern value of 1e300 was cast to int64_t (undefined behaviour). */
+    make_dir(dir, sizeof dir, "bigrank", &mc, c);
+    write_text(dir, LF_PEFT_CONFIG_NAME, "{\"peft_type\": \"LORA\", \"r\": 1000000000, \"target_modules\": [\"q_proj\", "
+                                         "\"v_proj\"]}");
+    CHECK(lf_peft_load(dir, &mc, &a, &err) == LF_EFORMAT && a == NULL && strstr(err.msg, "r=1000000000") &&
+              strstr(err.msg, "above 4"),
+          "huge r: %s", err.msg);
+    write_text(dir, LF_PEFT_CONFIG_NAME, "{\"peft_type\": \"LORA\", \"r\": 4, \"target_modules\": [\"q_proj\", "
+                                         "\"v_proj\"], \"rank_pattern\": {\"q_proj\": 1e300}}");
+    CHECK(lf_peft_load(dir, &mc, &a, &err) == LF_EFORMAT && a == NULL && strstr(err.msg, "rank_pattern"),
+          "rank_pattern 1e300: %s", err.msg);
+    write_text(dir, LF_PEFT_CONFIG_NAME, "{\"peft_type\": \"LORA\", \"r\": 4, \"target_modules\": [\"q_proj\", "
+                                         "\"v_proj\"], \"rank_pattern\": {\"v_proj\": 900000000}}");
+    CHECK(lf_peft_load(dir, &mc, &a, &err) == LF_EFORMAT && a == NULL && strstr(err.msg, "v_proj") &&
+              strstr(err.msg, "above 4"),
+          "huge rank_pattern: %s", err.msg);
+    /* a huge default r that no slot uses (every module has a rank_pattern entry) still loads, and keeps r */
+    write_text(dir, LF_PEFT_CONFIG_NAME, "{\"peft_type\": \"LORA\", \"r\": 900000000, \"target_modules\": "
+                                         "[\"q_proj\", \"v_proj\"], \"rank_pattern\": {\"q_proj\": 4, \"v_proj\": 4}}");
+    CHECK(lf_peft_load(dir, &mc, &a, &err) == LF_OK && a && a->cfg.r == 900000000 && a->n_slots == 4,
+          "unused huge r: %s", err.msg);
+    lf_lora_free(a);
+    a = NULL;
+
+    /* tests/fuzz/fuzz_adapter: a valid file whose header length is odd leaves BF16/F16 data at odd addresses;
+     * converting it read uint16_t through a misaligned pointer (UBSan). Same values as the aligned file. */
+    mkdir_fresh(dir, sizeof dir, "oddheader");
+    lf_lora_adapter *src = make_random(&mc, c), *b = NULL;
+    CHECK(src && lf_peft_save(src, dir, LF_DTYPE_BF16, &err) == LF_OK, "save bf16: %s", err.msg);
+    CHECK(lf_peft_load(dir, &mc, &b, &err) == LF_OK, "aligned bf16 load: %s", err.msg);
+    char wp[600], *bytes = NULL;
+    size_t blen = 0;
+    snprintf(wp, sizeof wp, "%s/%s", dir, LF_PEFT_WEIGHTS_NAME);
+    if (lf_file_read_all(wp, &bytes, &blen, &err) == LF_OK && blen >= 8) {
+        uint64_t n = 0;
+        for (int i = 0; i < 8; i++) n |= (uint64_t)(uint8_t)bytes[i] << (8 * i);
+        char *odd = malloc(blen + 1);
+        if (odd) {
+            memcpy(odd, bytes, 8 + n);
+            odd[8 + n] = ' '; /* one more byte of space padding: N + 1 is odd */
+            memcpy(odd + 9 + n, bytes + 8 + n, blen - 8 - n);
+            for (int i = 0; i < 8; i++) odd[i] = (char)(uint8_t)((n + 1) >> (8 * i));
+            lf_file_write_atomic(wp, odd, blen + 1, &err);
+            free(odd);
+        }
+    }
+    free(bytes);
+    CHECK(lf_peft_load(dir, &mc, &a, &err) == LF_OK && a && b && a->n_params == b->n_params &&
+              memcmp(a->params, b->params, (size_t)a->n_params * sizeof(float)) == 0,
+          "odd header length (unaligned bf16): %s", err.msg);
+    lf_lora_free(a);
+    lf_lora_free(b);
+    lf_lora_free(src);
+    a = NULL;
 }
 
 static void test_atomic_failure(void) {
