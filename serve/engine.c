@@ -33,7 +33,7 @@
 typedef struct eng_req {
     lf_engine_callbacks cb;
     void *user;
-    lf_gen_params params; /* stop strings owned (deep copy) */
+    lf_gen_params params; /* stop strings and stop token ids owned (deep copies) */
     lf_sample_params sp;
     size_t n_inputs, n_done;
     int want_tokens;
@@ -53,6 +53,7 @@ typedef struct eng_seq {
     int32_t *tokens;       /* [cap] prompt then generated */
     int64_t n_prompt, n_tokens, cap, max_new, n_gen;
     int64_t n_cached;      /* positions with K/V in the pool */
+    int stop_matched;      /* a stop string matched (its held-back text is dropped, not flushed) */
     lf_kv_seq kv;
     int kv_init;
     const lf_model_adapter *adapter;
@@ -126,6 +127,7 @@ static void req_free(eng_req *r) {
     if (!r) return;
     for (size_t i = 0; i < r->params.n_stop; i++) free(r->params.stop[i]);
     free(r->params.stop);
+    free(r->params.stop_token_ids);
     free(r);
 }
 
@@ -183,7 +185,7 @@ static void seq_finish_last(lf_engine *e, eng_seq *s, lf_finish_reason why, cons
     char *flush = NULL;
     size_t flush_len = 0, flush_cap = 0;
     buf_append(&flush, &flush_len, &flush_cap, last_emit, last_emit_len);
-    if (why != LF_FINISH_ERROR && why != LF_FINISH_STOP) {
+    if (why != LF_FINISH_ERROR && !s->stop_matched) {
         /* bytes the detokenizer still holds, through the stop matcher, then what the matcher holds */
         const char *piece = NULL, *emit = NULL;
         size_t plen = 0, elen = 0;
@@ -269,6 +271,16 @@ static void seq_finish(lf_engine *e, eng_seq *s, lf_finish_reason why, const cha
 /* ---------------------------------------------------------------------------------------------------- */
 /* submit (HTTP threads)                                                                                  */
 
+/* The prompt of an input after params->truncate (its last `truncate` tokens, TGI). */
+static void input_prompt(const lf_engine_input *in, const lf_gen_params *params, const int32_t **ids, int64_t *n) {
+    *ids = in->ids;
+    *n = in->n;
+    if (params->truncate > 0 && *n > params->truncate) {
+        *ids += *n - params->truncate;
+        *n = params->truncate;
+    }
+}
+
 lf_status lf_engine_submit(lf_engine *e, const lf_engine_input *inputs, size_t n, const lf_gen_params *params,
                            int want_tokens, const lf_engine_callbacks *cb, void *user, int *http_status,
                            lf_err *err) {
@@ -281,28 +293,45 @@ lf_status lf_engine_submit(lf_engine *e, const lf_engine_input *inputs, size_t n
         return lf_err_set(err, LF_EINVAL, "engine: submit needs inputs, params and callbacks");
     }
     const int64_t V = e->cfg->V, maxlen = e->p.max_model_len;
+    if (params->truncate < 0) {
+        *http_status = 422;
+        return lf_err_set(err, LF_EINVAL, "truncate must be >= 1 (0 = off), got %lld", (long long)params->truncate);
+    }
     for (size_t i = 0; i < n; i++) {
-        if (inputs[i].n < 1) {
+        const int32_t *ids;
+        int64_t np;
+        input_prompt(&inputs[i], params, &ids, &np);
+        if (np < 1) {
             *http_status = 422;
             return lf_err_set(err, LF_EINVAL, "input %zu: the prompt is empty (no tokens)", i);
         }
-        if (inputs[i].n >= maxlen) {
+        if (np >= maxlen) {
             *http_status = 413;
             return lf_err_set(err, LF_EINVAL,
                               "input %zu: the prompt has %lld tokens; max_model_len is %lld (prompt + generated tokens)",
-                              i, (long long)inputs[i].n, (long long)maxlen);
+                              i, (long long)np, (long long)maxlen);
         }
-        for (int64_t t = 0; t < inputs[i].n; t++)
-            if (inputs[i].ids[t] < 0 || inputs[i].ids[t] >= V) {
+        for (int64_t t = 0; t < np; t++)
+            if (ids[t] < 0 || ids[t] >= V) {
                 *http_status = 422;
                 return lf_err_set(err, LF_EINVAL, "input %zu: token id %d at %lld is outside the vocabulary [0, %lld)", i,
-                                  inputs[i].ids[t], (long long)t, (long long)V);
+                                  ids[t], (long long)t, (long long)V);
             }
     }
     if (params->max_new_tokens < 1) {
         *http_status = 422;
         return lf_err_set(err, LF_EINVAL, "max_new_tokens must be >= 1, got %lld", (long long)params->max_new_tokens);
     }
+    if (params->n_stop_token_ids > 0 && !params->stop_token_ids) {
+        *http_status = 500;
+        return lf_err_set(err, LF_EINVAL, "engine: stop_token_ids is NULL with %zu ids", params->n_stop_token_ids);
+    }
+    for (size_t i = 0; i < params->n_stop_token_ids; i++)
+        if (params->stop_token_ids[i] < 0 || params->stop_token_ids[i] >= V) {
+            *http_status = 422;
+            return lf_err_set(err, LF_EINVAL, "stop_token_ids[%zu] = %d is outside the vocabulary [0, %lld)", i,
+                              params->stop_token_ids[i], (long long)V);
+        }
     r = calloc(1, sizeof *r);
     seqs = calloc(n, sizeof *seqs);
     if (!r || !seqs) goto oom;
@@ -311,6 +340,14 @@ lf_status lf_engine_submit(lf_engine *e, const lf_engine_input *inputs, size_t n
     r->params = *params;
     r->params.stop = NULL;
     r->params.n_stop = 0;
+    r->params.stop_token_ids = NULL;
+    r->params.n_stop_token_ids = 0;
+    if (params->n_stop_token_ids) {
+        r->params.stop_token_ids = malloc(params->n_stop_token_ids * sizeof(int32_t));
+        if (!r->params.stop_token_ids) goto oom;
+        memcpy(r->params.stop_token_ids, params->stop_token_ids, params->n_stop_token_ids * sizeof(int32_t));
+        r->params.n_stop_token_ids = params->n_stop_token_ids;
+    }
     if (params->n_stop) {
         r->params.stop = calloc(params->n_stop, sizeof(char *));
         if (!r->params.stop) goto oom;
@@ -320,8 +357,17 @@ lf_status lf_engine_submit(lf_engine *e, const lf_engine_input *inputs, size_t n
             r->params.n_stop = i + 1;
         }
     }
-    r->sp = (lf_sample_params){params->do_sample && params->temperature > 0, params->temperature, params->top_k,
-                               params->top_p, params->repetition_penalty, params->logprobs ? params->top_logprobs : 0};
+    r->sp = (lf_sample_params){.do_sample = params->do_sample && params->temperature > 0,
+                               .temperature = params->temperature,
+                               .top_k = params->top_k,
+                               .top_p = params->top_p,
+                               .repetition_penalty = params->repetition_penalty,
+                               .n_top = params->logprobs ? params->top_logprobs : 0,
+                               .presence_penalty = params->presence_penalty,
+                               .frequency_penalty = params->frequency_penalty,
+                               .min_p = params->min_p,
+                               .typical_p = params->typical_p,
+                               .n_prompt = 0 /* per sequence, set in advance() */};
     if (r->sp.n_top > LF_SAMPLE_MAX_TOP) r->sp.n_top = LF_SAMPLE_MAX_TOP;
     if (lf_sample_params_check(&r->sp, err)) {
         *http_status = 422;
@@ -337,13 +383,16 @@ lf_status lf_engine_submit(lf_engine *e, const lf_engine_input *inputs, size_t n
         seqs[i] = s;
         s->req = r;
         s->idx = i;
-        s->n_prompt = s->n_tokens = inputs[i].n;
+        const int32_t *ids;
+        int64_t np;
+        input_prompt(&inputs[i], params, &ids, &np);
+        s->n_prompt = s->n_tokens = np;
         s->max_new = params->max_new_tokens;
         if (s->max_new > maxlen - s->n_prompt) s->max_new = maxlen - s->n_prompt;
         s->cap = s->n_prompt + s->max_new;
         s->tokens = malloc((size_t)s->cap * sizeof(int32_t));
         if (!s->tokens) goto oom;
-        memcpy(s->tokens, inputs[i].ids, (size_t)s->n_prompt * sizeof(int32_t));
+        memcpy(s->tokens, ids, (size_t)s->n_prompt * sizeof(int32_t));
         s->adapter = inputs[i].adapter;
         s->t_submit = t0;
         s->seed = params->has_seed ? params->seed
@@ -530,7 +579,9 @@ static int advance(lf_engine *e, eng_seq *s, const float *row, int64_t running_i
     eng_req *r = s->req;
     lf_err err = {0};
     lf_sample_result sr;
-    if (lf_sample_token(e->sample, &r->sp, &s->rng, row, e->cfg->V, s->tokens, s->n_tokens, &sr, &err)) {
+    lf_sample_params sp = r->sp;
+    sp.n_prompt = s->n_prompt; /* presence/frequency penalties count the generated tokens only (vLLM) */
+    if (lf_sample_token(e->sample, &sp, &s->rng, row, e->cfg->V, s->tokens, s->n_tokens, &sr, &err)) {
         running_remove(e, running_idx);
         seq_finish(e, s, LF_FINISH_ERROR, err.msg);
         return 1;
@@ -544,18 +595,22 @@ static int advance(lf_engine *e, eng_seq *s, const float *row, int64_t running_i
     s->tokens[s->n_tokens++] = sr.id;
     int64_t gi = s->n_gen++;
     e->n_tokgen++;
-    int is_eos = 0;
-    for (int k = 0; k < e->cfg->n_eos; k++) is_eos |= sr.id == e->cfg->eos_ids[k];
+    int is_eos = 0, is_stop_id = 0;
+    if (!r->params.ignore_eos)
+        for (int k = 0; k < e->cfg->n_eos; k++) is_eos |= sr.id == e->cfg->eos_ids[k];
+    for (size_t k = 0; k < r->params.n_stop_token_ids; k++) is_stop_id |= sr.id == r->params.stop_token_ids[k];
+    int end_tok = is_eos || is_stop_id; /* ends the sequence; its text is not part of the output */
     const char *piece = "", *emit = "";
     size_t plen = 0, elen = 0;
     int stopped = 0;
-    if (!is_eos) {
+    if (!end_tok) {
         if (lf_tokenizer_stream_push(s->detok, sr.id, &piece, &plen, &err) ||
             lf_stop_feed(s->stop, piece, plen, &emit, &elen, &stopped, &err)) {
             running_remove(e, running_idx);
             seq_finish(e, s, LF_FINISH_ERROR, err.msg);
             return 1;
         }
+        s->stop_matched = stopped;
     }
     int special = lf_tokenizer_is_special(e->tok, sr.id);
     if (r->want_tokens) {
@@ -574,21 +629,24 @@ static int advance(lf_engine *e, eng_seq *s, const float *row, int64_t running_i
     lf_gen_token tok = {sr.id, piece, plen, sr.log_prob, special, NULL, 0};
     lf_gen_token tops[LF_SAMPLE_MAX_TOP];
     char *txt[LF_SAMPLE_MAX_TOP] = {0};
-    int nt = (r->cb.on_token || is_eos || stopped || s->n_gen >= s->max_new) ? make_tops(e, &sr, r->sp.n_top, tops, txt) : 0;
+    int nt = (r->cb.on_token || end_tok || stopped || s->n_gen >= s->max_new) ? make_tops(e, &sr, r->sp.n_top, tops, txt) : 0;
     if (nt > 0) {
         tok.top = tops;
         tok.n_top = (size_t)nt;
     }
     int done = 0;
-    if (is_eos || stopped || s->n_gen >= s->max_new) {
+    if (end_tok || stopped || s->n_gen >= s->max_new) {
         /* the detokenizer's flush in seq_finish_last may reuse the buffer `piece` points into: copy it */
         char *pc = malloc(plen + 1);
-        if (pc) memcpy(pc, piece, plen), pc[plen] = 0;
-        tok.text = is_eos || !pc ? "" : pc;
-        tok.text_len = is_eos || !pc ? 0 : plen;
+        if (pc) {
+            if (plen) memcpy(pc, piece, plen); /* an EOS / stop id leaves piece "" (never memcpy from NULL) */
+            pc[plen] = 0;
+        }
+        tok.text = end_tok || !pc ? "" : pc;
+        tok.text_len = end_tok || !pc ? 0 : plen;
         running_remove(e, running_idx);
-        seq_finish_last(e, s, is_eos ? LF_FINISH_EOS : stopped ? LF_FINISH_STOP : LF_FINISH_LENGTH, NULL, &tok,
-                        is_eos ? NULL : emit, is_eos ? 0 : elen);
+        lf_finish_reason why = is_eos ? LF_FINISH_EOS : is_stop_id || stopped ? LF_FINISH_STOP : LF_FINISH_LENGTH;
+        seq_finish_last(e, s, why, NULL, &tok, end_tok ? NULL : emit, end_tok ? 0 : elen);
         free(pc);
         done = 1;
     } else {

@@ -13,7 +13,9 @@
  *      it goes back to the front of the waiting queue, to be recomputed (prompt + generated tokens) later;
  *   5. one lf_batch_forward over all pieces, sorted by adapter (grouped LoRA products);
  *   6. sample the sequences whose piece ended at their last token; detokenize incrementally, match stop
- *      strings, call on_token; finish on EOS (generation_config eos ids), a stop string or max_new_tokens.
+ *      strings, call on_token; finish on EOS (generation_config eos ids, unless params.ignore_eos), a stop
+ *      token id (params.stop_token_ids: finish LF_FINISH_STOP, the token's text left out as EOS's), a stop
+ *      string or max_new_tokens.
  * Preemption never changes outputs: sampling depends only on the sequence's tokens and its own rng.
  *
  * Callbacks run on the engine thread, must not block for long and must not call back into the engine
@@ -118,8 +120,10 @@ typedef struct lf_engine_callbacks {
  * callback: 429 (LF_EBUSY) when the waiting queue has fewer than n free places, 503 (LF_EBUSY) when
  * draining or stopped, 413 (LF_EINVAL) when an input's n >= max_model_len (the prompt leaves no room for
  * one generated token), 422 (LF_EINVAL) for bad params.
- * max_new_tokens is clamped to max_model_len - n per input. On failure the caller still owns the adapter
- * references. */
+ * max_new_tokens is clamped to max_model_len - n per input. params->truncate > 0 keeps only the last
+ * `truncate` ids of each prompt (before the checks above; res.prompt_tokens counts what is left). A stop
+ * token id outside the vocabulary is a 422. The presence/frequency penalties count the tokens generated
+ * after the (truncated) prompt. On failure the caller still owns the adapter references. */
 lf_status lf_engine_submit(lf_engine *e, const lf_engine_input *inputs, size_t n, const lf_gen_params *params,
                            int want_tokens, const lf_engine_callbacks *cb, void *user, int *http_status,
                            lf_err *err);

@@ -21,6 +21,7 @@ lf_proto_limits lf_proto_default_limits(void) {
     l.max_inputs = 64;
     l.max_stop = 16;
     l.max_stop_bytes = 256;
+    l.max_stop_token_ids = 64;
     l.max_top_logprobs = 20;
     return l;
 }
@@ -39,6 +40,7 @@ static lf_proto_limits effective_limits(const lf_proto_limits *in) {
     if (!l.max_inputs) l.max_inputs = d.max_inputs;
     if (!l.max_stop) l.max_stop = d.max_stop;
     if (!l.max_stop_bytes) l.max_stop_bytes = d.max_stop_bytes;
+    if (!l.max_stop_token_ids) l.max_stop_token_ids = d.max_stop_token_ids;
     if (l.max_top_logprobs < 0) l.max_top_logprobs = d.max_top_logprobs;
     return l;
 }
@@ -199,12 +201,160 @@ static lf_status get_adapters(pctx *p, const json_t *v, const char *name, lf_gen
     return LF_OK;
 }
 
-/* Sampling fields shared by both bodies (pre: "parameters." or ""). Records which were present. */
+/* =============================== generation parameters (both bodies) =============================== */
+
+/* Which sampling switches were given (the generate body's do_sample rule). */
 typedef struct sampling_seen {
-    int temperature, top_k, top_p;
+    int temperature, top_k, top_p, min_p, typical_p;
 } sampling_seen;
 
-static lf_status get_sampling(pctx *p, const json_t *o, const char *pre, lf_gen_params *gp, sampling_seen *seen) {
+/* "stop_token_ids": a list of integer ids >= 0. */
+static lf_status get_stop_ids(pctx *p, const json_t *o, const char *pre, lf_gen_params *gp) {
+    const char *key = "stop_token_ids";
+    const json_t *v = field(o, key);
+    if (!v) return LF_OK;
+    if (!json_is_array(v)) return fail(p, 400, "%s%s must be a list of integer token ids, got %s", pre, key, jtype(v));
+    size_t n = json_array_size(v);
+    if (n > p->L.max_stop_token_ids)
+        return fail(p, 422, "%s%s: at most %zu ids are allowed, got %zu", pre, key, p->L.max_stop_token_ids, n);
+    if (n == 0) return LF_OK;
+    gp->stop_token_ids = calloc(n, sizeof *gp->stop_token_ids);
+    if (!gp->stop_token_ids) return oom(p);
+    for (size_t i = 0; i < n; i++) {
+        const json_t *e = json_array_get(v, i);
+        if (!json_is_integer(e))
+            return fail(p, 400, "%s%s[%zu] must be an integer token id, got %s", pre, key, i, jtype(e));
+        json_int_t id = json_integer_value(e);
+        if (id < 0 || id > INT32_MAX)
+            return fail(p, 422, "%s%s[%zu] must be a token id in [0, %d], got %lld", pre, key, i, INT32_MAX, (long long)id);
+        gp->stop_token_ids[i] = (int32_t)id;
+        gp->n_stop_token_ids = i + 1;
+    }
+    return LF_OK;
+}
+
+/* A number in [lo, hi] (422 outside, naming the range as `range`). */
+static lf_status get_ranged(pctx *p, const json_t *o, const char *key, const char *pre, double lo, double hi,
+                            int lo_open, const char *range, double *out, int *present) {
+    int have = 0;
+    lf_status st = get_num(p, o, key, pre, out, &have);
+    if (present) *present = have;
+    if (st || !have) return st;
+    if (!((lo_open ? *out > lo : *out >= lo) && *out <= hi))
+        return fail(p, 422, "%s%s must be in %s, got %g", pre, key, range, *out);
+    return LF_OK;
+}
+
+/* Options we know but do not implement: accepted only with the value that changes nothing (what clients send
+ * as a default), else 422 naming them. */
+typedef enum { NOOP_FALSE, NOOP_TRUE, NOOP_INT0, NOOP_INT1, NOOP_NUM1, NOOP_EMPTY_OBJECT, NOOP_NONE } noop_kind;
+
+static const struct {
+    const char *key;
+    noop_kind noop;
+    const char *why;
+} REFUSED[] = {
+    {"n", NOOP_INT1, "send one request per sample"},
+    {"best_of", NOOP_INT1, "send one request per sample"},
+    {"num_beams", NOOP_INT1, "beam search is not supported"},
+    {"use_beam_search", NOOP_FALSE, "beam search is not supported"},
+    {"length_penalty", NOOP_NUM1, "it applies to beam search, which is not supported"},
+    {"early_stopping", NOOP_FALSE, "it applies to beam search, which is not supported"},
+    {"watermark", NOOP_FALSE, "watermarking is not supported"},
+    {"top_n_tokens", NOOP_INT0, "alternatives per token are returned on the chat body only (logprobs + top_logprobs)"},
+    {"decoder_input_details", NOOP_FALSE, "prompt token details are not returned"},
+    {"logit_bias", NOOP_EMPTY_OBJECT, "logit biases are not supported"},
+    {"grammar", NOOP_NONE, "constrained decoding is not supported"},
+    {"min_tokens", NOOP_INT0, "a minimum length is not supported"},
+    {"no_repeat_ngram_size", NOOP_INT0, "n-gram blocking is not supported (repetition_penalty, presence_penalty and "
+                                        "frequency_penalty are)"},
+    {"skip_special_tokens", NOOP_TRUE, "special tokens are always left out of the text"},
+    {"spaces_between_special_tokens", NOOP_TRUE, "special tokens are always left out of the text"},
+    {"include_stop_str_in_output", NOOP_FALSE, "the matched stop string is always left out of the text"},
+};
+
+static lf_status get_refused(pctx *p, const json_t *o, const char *pre) {
+    lf_status st;
+    for (size_t i = 0; i < sizeof REFUSED / sizeof REFUSED[0]; i++) {
+        const char *key = REFUSED[i].key, *why = REFUSED[i].why;
+        const json_t *v = field(o, key);
+        if (!v) continue;
+        switch (REFUSED[i].noop) {
+        case NOOP_FALSE:
+        case NOOP_TRUE: {
+            int b = 0, want = REFUSED[i].noop == NOOP_TRUE;
+            if ((st = get_bool(p, o, key, pre, &b, NULL))) return st;
+            if (b != want)
+                return unsupported(p, "%s%s is not supported (%s); leave it out or set it to %s", pre, key, why,
+                                   want ? "true" : "false");
+            break;
+        }
+        case NOOP_INT0:
+        case NOOP_INT1: {
+            int64_t want = REFUSED[i].noop == NOOP_INT1, x = want;
+            if ((st = get_int(p, o, key, pre, want, INT64_MAX, &x, NULL))) return st;
+            if (x != want) return unsupported(p, "%s%s must be %lld, got %lld (%s)", pre, key, (long long)want, (long long)x, why);
+            break;
+        }
+        case NOOP_NUM1: {
+            double x = 1.0;
+            if ((st = get_num(p, o, key, pre, &x, NULL))) return st;
+            if (x != 1.0) return unsupported(p, "%s%s must be 1, got %g (%s)", pre, key, x, why);
+            break;
+        }
+        case NOOP_EMPTY_OBJECT:
+            if (!json_is_object(v)) return fail(p, 400, "%s%s must be an object, got %s", pre, key, jtype(v));
+            if (json_object_size(v) > 0) return unsupported(p, "%s%s is not supported (%s); leave it out or send {}", pre, key, why);
+            break;
+        case NOOP_NONE: return unsupported(p, "%s%s is not supported (%s)", pre, key, why);
+        }
+    }
+    return LF_OK;
+}
+
+/* Keys of the generation parameters, the same on both bodies ("parameters.X" or top-level X). */
+static const char *const COMMON_KEYS[] = {
+    "temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty", "presence_penalty",
+    "frequency_penalty", "seed", "stop", "stop_sequences", "stop_token_ids", "ignore_eos", "truncate",
+    "truncate_prompt_tokens", NULL};
+/* Per body. */
+static const char *const GENERATE_PARAM_KEYS[] = {"max_new_tokens", "do_sample", "return_full_text", "details",
+                                                   "adapter_id", NULL};
+static const char *const GENERATE_ROOT_KEYS[] = {"inputs", "parameters", "stream", "adapters", NULL};
+static const char *const CHAT_KEYS[] = {"messages", "model", "max_tokens", "max_completion_tokens", "logprobs",
+                                        "top_logprobs", "response_format", "stream_options", "tools", "tool_choice",
+                                        "parallel_tool_calls", "user", "stream", "adapters", NULL};
+static const char *const STREAM_OPTION_KEYS[] = {"include_usage", NULL};
+
+static int in_list(const char *const *l, const char *k) {
+    for (; l && *l; l++)
+        if (strcmp(*l, k) == 0) return 1;
+    return 0;
+}
+
+static int refused_key(const char *k) {
+    for (size_t i = 0; i < sizeof REFUSED / sizeof REFUSED[0]; i++)
+        if (strcmp(REFUSED[i].key, k) == 0) return 1;
+    return 0;
+}
+
+/* 422 for the first key of o (insertion order) with a non-null value that is in none of the lists; the
+ * message says where the key belongs when it is known elsewhere. */
+static lf_status check_keys(pctx *p, const json_t *o, const char *pre, const char *const *a, const char *const *b,
+                            int with_common, const char *hint_other, const char *const *other) {
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)o, k, v) {
+        if (json_is_null(v)) continue;
+        if (in_list(a, k) || in_list(b, k) || (with_common && (in_list(COMMON_KEYS, k) || refused_key(k)))) continue;
+        if (other && in_list(other, k))
+            return fail(p, 422, "%s%.64s is not a known parameter here (%s)", pre, k, hint_other);
+        return fail(p, 422, "%s%.64s is not a known parameter (see \"Generation parameters\" in docs/serving.md)", pre, k);
+    }
+    return LF_OK;
+}
+
+static lf_status get_common(pctx *p, const json_t *o, const char *pre, lf_gen_params *gp, sampling_seen *seen) {
     lf_status st;
     if ((st = get_num(p, o, "temperature", pre, &gp->temperature, &seen->temperature))) return st;
     if (seen->temperature && !(gp->temperature >= 0))
@@ -212,18 +362,31 @@ static lf_status get_sampling(pctx *p, const json_t *o, const char *pre, lf_gen_
     int64_t k = 0;
     if ((st = get_int(p, o, "top_k", pre, -1, INT64_MAX, &k, &seen->top_k))) return st;
     gp->top_k = k < 0 ? 0 : k;
-    if ((st = get_num(p, o, "top_p", pre, &gp->top_p, &seen->top_p))) return st;
-    if (seen->top_p && !(gp->top_p > 0 && gp->top_p <= 1))
-        return fail(p, 422, "%stop_p must be in (0, 1], got %g", pre, gp->top_p);
+    if ((st = get_ranged(p, o, "top_p", pre, 0, 1, 1, "(0, 1]", &gp->top_p, &seen->top_p))) return st;
+    if ((st = get_ranged(p, o, "min_p", pre, 0, 1, 0, "[0, 1]", &gp->min_p, &seen->min_p))) return st;
+    if ((st = get_ranged(p, o, "typical_p", pre, 0, 1, 1, "(0, 1] (1 = off)", &gp->typical_p, &seen->typical_p)))
+        return st;
     int have = 0;
     if ((st = get_num(p, o, "repetition_penalty", pre, &gp->repetition_penalty, &have))) return st;
     if (have && !(gp->repetition_penalty > 0))
         return fail(p, 422, "%srepetition_penalty must be > 0, got %g", pre, gp->repetition_penalty);
+    if ((st = get_ranged(p, o, "presence_penalty", pre, -2, 2, 0, "[-2, 2]", &gp->presence_penalty, NULL))) return st;
+    if ((st = get_ranged(p, o, "frequency_penalty", pre, -2, 2, 0, "[-2, 2]", &gp->frequency_penalty, NULL))) return st;
     int64_t seed = 0;
     if ((st = get_int(p, o, "seed", pre, 0, INT64_MAX, &seed, &gp->has_seed))) return st;
     gp->seed = (uint64_t)seed;
     if ((st = get_stops(p, o, "stop", pre, gp))) return st;
-    return get_stops(p, o, "stop_sequences", pre, gp);
+    if ((st = get_stops(p, o, "stop_sequences", pre, gp))) return st;
+    if ((st = get_stop_ids(p, o, pre, gp))) return st;
+    if ((st = get_bool(p, o, "ignore_eos", pre, &gp->ignore_eos, NULL))) return st;
+    int have_t = 0, have_tp = 0;
+    int64_t t = 0, tp = 0;
+    if ((st = get_int(p, o, "truncate", pre, 1, INT64_MAX, &t, &have_t))) return st;
+    if ((st = get_int(p, o, "truncate_prompt_tokens", pre, 1, INT64_MAX, &tp, &have_tp))) return st;
+    if (have_t && have_tp)
+        return fail(p, 422, "give %struncate or %struncate_prompt_tokens, not both", pre, pre);
+    gp->truncate = have_t ? t : have_tp ? tp : 0;
+    return get_refused(p, o, pre);
 }
 
 /* =============================== hostile-input pre-scan =============================== */
@@ -261,6 +424,14 @@ static lf_status prescan(pctx *p, const char *b, size_t n) {
 static lf_status parse_generate(pctx *p, const json_t *root, lf_gen_request *r) {
     lf_status st;
     lf_gen_params *gp = &r->params;
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)root, k, v) { /* a parameter at the top level belongs under "parameters" */
+        if (!json_is_null(v) && !in_list(GENERATE_ROOT_KEYS, k) &&
+            (in_list(COMMON_KEYS, k) || in_list(GENERATE_PARAM_KEYS, k) || refused_key(k)))
+            return fail(p, 422, "%.64s is not a known top-level key of the generate body; put it under \"parameters\"", k);
+    }
+    if ((st = check_keys(p, root, "", GENERATE_ROOT_KEYS, NULL, 0, "", NULL))) return st;
     const json_t *in = field(root, "inputs");
     if (json_is_string(in)) {
         r->n_inputs = 1;
@@ -292,38 +463,27 @@ static lf_status parse_generate(pctx *p, const json_t *root, lf_gen_request *r) 
     if (!pa) pa = empty = json_object();
     if (!pa) return oom(p);
     const char *pre = "parameters.";
-    sampling_seen seen = {0, 0, 0};
-    int ds = 0, ds_present = 0, dec = 0, have = 0;
-    int64_t n = 1;
+    sampling_seen seen = {0, 0, 0, 0, 0};
+    int ds = 0, ds_present = 0;
+    json_object_foreach((json_t *)pa, k, v) {
+        if (!json_is_null(v) && in_list(GENERATE_ROOT_KEYS, k)) {
+            st = fail(p, 422, "parameters.%.64s belongs at the top level of the body, not under \"parameters\"", k);
+            goto out;
+        }
+    }
+    if ((st = check_keys(p, pa, pre, GENERATE_PARAM_KEYS, NULL, 1,
+                         "the chat body's name; the generate body uses max_new_tokens / details", CHAT_KEYS)))
+        goto out;
     if ((st = get_int(p, pa, "max_new_tokens", pre, 1, p->L.max_new_tokens, &gp->max_new_tokens, NULL))) goto out;
-    if ((st = get_sampling(p, pa, pre, gp, &seen))) goto out;
+    if ((st = get_common(p, pa, pre, gp, &seen))) goto out;
     if ((st = get_bool(p, pa, "do_sample", pre, &ds, &ds_present))) goto out;
     if ((st = get_bool(p, pa, "return_full_text", pre, &gp->return_full_text, NULL))) goto out;
     if ((st = get_bool(p, pa, "details", pre, &gp->details, NULL))) goto out;
-    if ((st = get_bool(p, pa, "decoder_input_details", pre, &dec, NULL))) goto out;
-    if (dec) {
-        st = unsupported(p, "parameters.decoder_input_details is not supported (prompt token details are not "
-                            "returned); leave it out or set it to false");
-        goto out;
-    }
-    if ((st = get_int(p, pa, "best_of", pre, 1, INT64_MAX, &n, &have))) goto out;
-    if (n != 1) {
-        st = unsupported(p, "parameters.best_of must be 1, got %lld", (long long)n);
-        goto out;
-    }
-    if ((st = get_int(p, pa, "n", pre, 1, INT64_MAX, &n, &have))) goto out;
-    if (n != 1) {
-        st = unsupported(p, "parameters.n must be 1, got %lld (send one request per sample)", (long long)n);
-        goto out;
-    }
-    if (field(pa, "grammar")) {
-        st = unsupported(p, "parameters.grammar (constrained decoding) is not supported");
-        goto out;
-    }
     /* effective sampling (see lf_gen_params.do_sample) */
     int sample = ds_present ? ds
                             : (seen.temperature && gp->temperature > 0) || (seen.top_k && gp->top_k > 0) ||
-                                  (seen.top_p && gp->top_p < 1);
+                                  (seen.top_p && gp->top_p < 1) || (seen.min_p && gp->min_p > 0) ||
+                                  (seen.typical_p && gp->typical_p < 1);
     if (!seen.temperature) gp->temperature = 1.0;
     if (!sample || gp->temperature == 0) {
         gp->temperature = 0;
@@ -443,32 +603,25 @@ static lf_status parse_chat(pctx *p, const json_t *root, lf_gen_request *r) {
     lf_status st;
     lf_gen_params *gp = &r->params;
     r->n_inputs = 1;
+    if ((st = check_keys(p, root, "", CHAT_KEYS, NULL, 1,
+                         "a generate-body parameter; the chat body uses max_tokens, temperature, logprobs",
+                         GENERATE_PARAM_KEYS)))
+        return st;
     if ((st = parse_messages(p, field(root, "messages"), &r->messages))) return st;
     gp->max_new_tokens = p->L.default_chat_max_tokens;
     int have = 0;
     if ((st = get_int(p, root, "max_tokens", "", 1, p->L.max_new_tokens, &gp->max_new_tokens, &have))) return st;
     if (!have && (st = get_int(p, root, "max_completion_tokens", "", 1, p->L.max_new_tokens, &gp->max_new_tokens, NULL)))
         return st;
-    sampling_seen seen = {0, 0, 0};
+    sampling_seen seen = {0, 0, 0, 0, 0};
     gp->temperature = 1.0;
-    if ((st = get_sampling(p, root, "", gp, &seen))) return st;
+    if ((st = get_common(p, root, "", gp, &seen))) return st;
     gp->do_sample = gp->temperature > 0;
-    int64_t n = 1;
-    if ((st = get_int(p, root, "n", "", 1, INT64_MAX, &n, NULL))) return st;
-    if (n != 1) return unsupported(p, "n must be 1, got %lld (send one request per choice)", (long long)n);
     if ((st = get_bool(p, root, "logprobs", "", &gp->logprobs, NULL))) return st;
     int64_t top = 0;
     if ((st = get_int(p, root, "top_logprobs", "", 0, p->L.max_top_logprobs, &top, &have))) return st;
     if (top > 0 && !gp->logprobs) return fail(p, 422, "top_logprobs needs logprobs set to true");
     gp->top_logprobs = (int)top;
-    double pen = 0;
-    if ((st = get_num(p, root, "frequency_penalty", "", &pen, NULL))) return st;
-    if (pen != 0) return unsupported(p, "frequency_penalty is not supported (use repetition_penalty), got %g", pen);
-    if ((st = get_num(p, root, "presence_penalty", "", &pen, NULL))) return st;
-    if (pen != 0) return unsupported(p, "presence_penalty is not supported (use repetition_penalty), got %g", pen);
-    const json_t *lb = field(root, "logit_bias");
-    if (lb && !json_is_object(lb)) return fail(p, 400, "logit_bias must be an object, got %s", jtype(lb));
-    if (lb && json_object_size(lb) > 0) return unsupported(p, "logit_bias is not supported");
     const json_t *rf = field(root, "response_format");
     if (rf) {
         const json_t *t = field(rf, "type");
@@ -479,8 +632,17 @@ static lf_status parse_chat(pctx *p, const json_t *root, lf_gen_request *r) {
     const json_t *so = field(root, "stream_options");
     if (so) {
         if (!json_is_object(so)) return fail(p, 400, "stream_options must be an object, got %s", jtype(so));
+        if ((st = check_keys(p, so, "stream_options.", STREAM_OPTION_KEYS, NULL, 0, "", NULL))) return st;
         if ((st = get_bool(p, so, "include_usage", "stream_options.", &r->include_usage, NULL))) return st;
     }
+    const json_t *tc = field(root, "tool_choice");
+    if (tc && !(json_is_string(tc) && strcmp(json_string_value(tc), "auto") == 0))
+        return unsupported(p, "tool_choice is not supported except \"auto\" (tool calls are not parsed or forced)");
+    int par = 1;
+    if ((st = get_bool(p, root, "parallel_tool_calls", "", &par, NULL))) return st;
+    if (!par) return unsupported(p, "parallel_tool_calls: false is not supported (tool calls are not parsed)");
+    const json_t *user = field(root, "user");
+    if (user && !json_is_string(user)) return fail(p, 400, "user must be a string, got %s", jtype(user));
     const json_t *tools = field(root, "tools");
     if (tools) {
         if (!json_is_array(tools)) return fail(p, 400, "tools must be a list, got %s", jtype(tools));
@@ -531,6 +693,7 @@ lf_status lf_proto_parse(const char *body, size_t len, const lf_proto_limits *li
     }
     r->params.max_new_tokens = p->L.default_max_new_tokens;
     r->params.top_p = 1.0;
+    r->params.typical_p = 1.0;
     r->params.repetition_penalty = 1.0;
     if (field(root, "messages")) {
         r->kind = LF_REQ_CHAT;
@@ -567,6 +730,7 @@ void lf_proto_request_free(lf_gen_request *r) {
     json_decref(r->tools);
     free(r->model);
     free_strv(r->params.stop, r->params.n_stop);
+    free(r->params.stop_token_ids);
     free_strv(r->body_adapters, r->n_body_adapters);
     free_strv(r->adapters, r->adapters ? r->n_inputs : 0);
     free(r);
@@ -786,7 +950,7 @@ char *lf_proto_frame(lf_stream_format f, const char *json, size_t len, size_t *o
     char *out = malloc(a + len + b + 1);
     if (!out) return NULL;
     memcpy(out, pre, a);
-    memcpy(out + a, json, len);
+    if (len) memcpy(out + a, json, len); /* json may be NULL when len is 0 */
     memcpy(out + a + len, post, b);
     out[a + len + b] = '\0';
     if (out_len) *out_len = a + len + b;

@@ -5,7 +5,15 @@
  * Invariants: parsing never crashes on hostile input; every failure returns a non-LF_OK status with an
  * HTTP status (400 malformed JSON or wrong types, 413 body over the size limit, checked before parsing,
  * 422 invalid values or unsupported options, 404 unknown adapter) and a message that names the field
- * ("parameters.top_p must be in (0, 1], got 1.5"). Bodies nested deeper than limits.max_depth are
+ * ("parameters.top_p must be in (0, 1], got 1.5").
+ * Every key is either understood or refused: an unknown key (of the body, of "parameters", of
+ * "stream_options") is a 422 naming it; a known option we do not implement (watermark, num_beams, best_of,
+ * n, top_n_tokens, logit_bias, grammar, ...) is a 422 naming it unless it carries its no-op value
+ * (watermark: false, num_beams: 1, ...), which clients send as defaults. A key whose value is null counts as
+ * absent (clients send null for "unset"), unknown keys included. The generation parameters are the same on
+ * both bodies (under "parameters" in the generate body, at the top level of the chat body); only the
+ * length, sampling-switch and output options differ per body (see lf_gen_params). The list is in
+ * docs/serving.md ("Generation parameters"). Bodies nested deeper than limits.max_depth are
  * rejected by a pre-scan before jansson recurses; raw NUL bytes, \u0000 escapes and invalid UTF-8 are 400.
  * A parsed request holds only NUL-free, valid UTF-8 strings. Builders accept any bytes as generated text:
  * invalid UTF-8 is replaced with U+FFFD, so the output is always valid JSON.
@@ -36,6 +44,7 @@ typedef struct lf_proto_limits {
     size_t max_inputs;               /* length of an "inputs" list; default 64 */
     size_t max_stop;                 /* number of stop strings; default 16 */
     size_t max_stop_bytes;           /* length of one stop string; default 256 */
+    size_t max_stop_token_ids;       /* length of stop_token_ids; default 64 */
     int max_top_logprobs;            /* OpenAI top_logprobs upper bound; default 20 */
 } lf_proto_limits;
 
@@ -48,15 +57,27 @@ typedef struct lf_gen_params {
     double temperature;        /* effective: 0 = greedy (see do_sample) */
     int do_sample;             /* 1 when sampling. Generate body: do_sample:false -> greedy; do_sample:true ->
                                 * sample at temperature (default 1.0); absent -> sample only when temperature
-                                * (> 0), top_k (> 0) or top_p (< 1) is given (TGI/LMI). Chat: temperature
-                                * default 1.0 samples, 0 is greedy. */
+                                * (> 0), top_k (> 0), top_p (< 1), min_p (> 0) or typical_p (< 1) is given
+                                * (TGI/LMI: a warper turns sampling on). Chat: temperature default 1.0 samples,
+                                * 0 is greedy. */
     int64_t top_k;             /* 0 = off (-1 accepted as off) */
     double top_p;              /* (0, 1]; 1 = off */
-    double repetition_penalty; /* > 0; 1 = off */
+    double min_p;              /* [0, 1]; 0 = off (vLLM: drop tokens below min_p x the top probability) */
+    double typical_p;          /* (0, 1]; 1 = off (TGI / HF typical decoding) */
+    double repetition_penalty; /* > 0; 1 = off (HF, over prompt + generated tokens) */
+    double presence_penalty;   /* [-2, 2]; 0 = off (OpenAI / vLLM, over the generated tokens) */
+    double frequency_penalty;  /* [-2, 2]; 0 = off (OpenAI / vLLM, over the generated tokens) */
     uint64_t seed;             /* valid when has_seed */
     int has_seed;
     char **stop;               /* [n_stop] non-empty UTF-8 strings: "stop" and "stop_sequences" merged */
     size_t n_stop;
+    int32_t *stop_token_ids;   /* [n_stop_token_ids] ids >= 0 that end the sequence when generated (vLLM); the
+                                * id's text is not part of the output (like EOS); finish reason "stop"
+                                * (OpenAI) / "stop_sequence" (generate body) */
+    size_t n_stop_token_ids;
+    int ignore_eos;            /* do not stop at the model's EOS ids: generate until max_new_tokens (vLLM) */
+    int64_t truncate;          /* > 0: keep only the last `truncate` prompt tokens (TGI "truncate", vLLM
+                                * "truncate_prompt_tokens"); 0 = off */
     int return_full_text;      /* generate: prepend the input to generated_text */
     int details;               /* generate: include details (always on for the final stream line) */
     int logprobs;              /* chat: return per-token logprobs */

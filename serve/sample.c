@@ -1,7 +1,8 @@
 /* sample.c - the serving sampler (see sample.h for the contract).
  *
  * Fast path, per call, all in the scratch buffers made at create:
- *   1. x[V] = processed logits (NaN -> -inf, repetition penalty, temperature), f32 as torch.
+ *   1. x[V] = processed logits (NaN -> -inf, repetition penalty, frequency/presence penalties counted in a
+ *      zeroed per-id buffer that is zeroed again after use, temperature), f32 as torch.
  *   2. greedy: argmax. Sampling: candidates = every id (top_k: x >= the k-th largest, found with a size-k
  *      min-heap for k <= LF_SAMPLE_SMALL, else by quickselect on a copy), weights e = wexp(x - max) in f32
  *      (a branch-free exp the compiler vectorises), Z = their f64 sum.
@@ -10,6 +11,8 @@
  *      mass below added first, the bins above are kept whole (checked: the top of the sorted part is kept)
  *      and the bins below dropped (checked: their mass is under the cut); else every candidate is sorted.
  *      Small candidate sets are sorted outright.
+ *   3b. min_p / typical_p: the kept tokens are gathered into one list, filtered (min_p: by weight; typical_p:
+ *      sorted by its score, cut, sorted back into walk order); the draw then walks that list.
  *   4. the draw: u * S is located bin by bin over the unsorted kept bins (histogram masses), only the bin
  *      holding it is sorted and walked, then the sorted part.
  * The reference sorts the whole vocabulary and sums in f64 in the obvious order. Both share the processing
@@ -44,6 +47,7 @@ struct lf_sample_scratch {
     float *e;       /* [V] weights wexp(x - max) by id (valid for the current candidates) */
     int32_t *list;  /* [V] candidate ids, index order */
     sitem *it;      /* [V + 1] candidates being sorted (walk order) */
+    int32_t *cnt;   /* [V] generated-token counts for the frequency/presence penalties; all 0 between calls */
     double hmass[LF_SAMPLE_NB + 1]; /* histogram of the candidates: weight per bin */
     int64_t hcnt[LF_SAMPLE_NB + 1]; /* and count per bin */
     int hmax;                       /* the last non-empty bin */
@@ -97,18 +101,35 @@ static inline float weight(float x, float m) {
     return wexp(x - m);
 }
 
+static int counts_on(const lf_sample_params *p) { return p->presence_penalty != 0 || p->frequency_penalty != 0; }
+
 /* x[V] = NaN-free logits, penalised once per distinct history id (from the raw value, so duplicates are
- * idempotent), divided by tf when tf > 0 (tf = f32 temperature; 0: greedy, not applied). */
-static void process(float *x, const float *logits, int64_t V, const int32_t *hist, int64_t nh, double penalty,
-                    float tf) {
+ * idempotent), then the frequency/presence penalties over the generated ids (history[n_prompt..nh); cnt[V]
+ * all zero on entry and on return), divided by tf when tf > 0 (tf = f32 temperature; 0: greedy, not
+ * applied). */
+static void process(float *x, const float *logits, int64_t V, const int32_t *hist, int64_t nh,
+                    const lf_sample_params *p, float tf, int32_t *cnt) {
     for (int64_t i = 0; i < V; i++) x[i] = nan_to_ninf(logits[i]);
-    if (penalty != 1.0) {
-        float pf = (float)penalty;
+    if (p->repetition_penalty != 1.0) {
+        float pf = (float)p->repetition_penalty;
         for (int64_t j = 0; j < nh; j++) {
             int32_t id = hist[j];
             if (id < 0 || (int64_t)id >= V) continue;
             float v = nan_to_ninf(logits[id]);
             x[id] = v < 0 ? v * pf : v / pf;
+        }
+    }
+    if (counts_on(p)) {
+        /* vLLM: logits -= frequency * counts; logits -= presence * (counts > 0); f32 tensors */
+        int64_t g0 = p->n_prompt < nh ? p->n_prompt : nh;
+        float ff = (float)p->frequency_penalty, pf = (float)p->presence_penalty;
+        for (int64_t j = g0; j < nh; j++)
+            if (hist[j] >= 0 && (int64_t)hist[j] < V) cnt[hist[j]]++;
+        for (int64_t j = g0; j < nh; j++) {
+            int32_t id = hist[j];
+            if (id < 0 || (int64_t)id >= V || cnt[id] == 0) continue;
+            x[id] = (x[id] - ff * (float)cnt[id]) - pf;
+            cnt[id] = 0; /* applied once per distinct id; the buffer is clean again afterwards */
         }
     }
     if (tf > 0 && tf != 1.0f)
@@ -153,6 +174,13 @@ static int sampling_on(const lf_sample_params *p) { return p->do_sample && (floa
 
 static int topk_on(const lf_sample_params *p, int64_t V) { return p->top_k > 0 && p->top_k < V; }
 
+static int minp_on(const lf_sample_params *p) { return p->min_p > 0; }
+
+static int typical_on(const lf_sample_params *p) { return p->typical_p > 0 && p->typical_p < 1; }
+
+/* min_p or typical_p: the kept set is gathered and filtered after top-k / top-p. */
+static int post_on(const lf_sample_params *p) { return minp_on(p) || typical_on(p); }
+
 lf_status lf_sample_params_check(const lf_sample_params *p, lf_err *err) {
     if (!p) return lf_err_set(err, LF_EINVAL, "sample params: NULL");
     if (p->do_sample != 0 && p->do_sample != 1)
@@ -168,6 +196,16 @@ lf_status lf_sample_params_check(const lf_sample_params *p, lf_err *err) {
     if (p->n_top < 0 || p->n_top > LF_SAMPLE_MAX_TOP)
         return lf_err_set(err, LF_EINVAL, "n_top (top_logprobs) must be in 0..%d, got %d", LF_SAMPLE_MAX_TOP,
                           p->n_top);
+    if (!(p->presence_penalty >= -2.0 && p->presence_penalty <= 2.0))
+        return lf_err_set(err, LF_EINVAL, "presence_penalty must be in [-2, 2], got %g", p->presence_penalty);
+    if (!(p->frequency_penalty >= -2.0 && p->frequency_penalty <= 2.0))
+        return lf_err_set(err, LF_EINVAL, "frequency_penalty must be in [-2, 2], got %g", p->frequency_penalty);
+    if (!(p->min_p >= 0.0 && p->min_p <= 1.0))
+        return lf_err_set(err, LF_EINVAL, "min_p must be in [0, 1], got %g", p->min_p);
+    if (!(p->typical_p >= 0.0 && p->typical_p <= 1.0))
+        return lf_err_set(err, LF_EINVAL, "typical_p must be in [0, 1] (0 or 1: off), got %g", p->typical_p);
+    if (p->n_prompt < 0)
+        return lf_err_set(err, LF_EINVAL, "n_prompt must be >= 0, got %lld", (long long)p->n_prompt);
     return LF_OK;
 }
 
@@ -339,6 +377,63 @@ static float kth_largest_heap(const float *x, int64_t n, int64_t k, float *h) {
     return h[0];
 }
 
+/* ---------------------------------------------------------------- min_p / typical_p (both paths) */
+
+/* f64 sum of the weights of a[0..n) in order. */
+static double items_mass(const sitem *a, int64_t n, float m) {
+    double S = 0;
+    for (int64_t j = 0; j < n; j++) S += weight(a[j].x, m);
+    return S;
+}
+
+/* Keep the tokens of a[0..n) with a non-zero weight and, with min_p, a weight >= f32(min_p) (HF and vLLM
+ * remove prob < min_p * max prob: the weight is prob / max prob); the order is kept. Returns the count. */
+static int64_t minp_filter(sitem *a, int64_t n, float m, const lf_sample_params *p) {
+    float thr = minp_on(p) ? (float)p->min_p : 0.0f;
+    int64_t k = 0;
+    for (int64_t j = 0; j < n; j++) {
+        float w = weight(a[j].x, m);
+        if (w > 0 && w >= thr) a[k++] = a[j];
+    }
+    return k;
+}
+
+/* HF TypicalLogitsWarper over a[0..n) (walk order, non-zero weights): the kept count, a[0..k) in walk order
+ * again. p = weight / S, log p = (x - m) - log S and H = -sum p log p in f64; score |-log p - H| in f32, sorted
+ * ascending (held negated in .x, so the walk-order sort does it); the cut is the first position where the
+ * cumulative probability reaches f32(mass) (clamped to the last); every token whose score is <= the score
+ * there stays (so the order among equal scores does not matter). x[id]: the processed logits (.x restored
+ * from them). A +inf maximum: uniform over the +inf tokens, all kept. */
+static int64_t typical_filter(sitem *a, int64_t n, float m, double mass, const float *x) {
+    if (n <= 1 || m == INFINITY) return n;
+    double S = items_mass(a, n, m), logS = log(S), H = 0;
+    for (int64_t j = 0; j < n; j++) {
+        double lp = ((double)a[j].x - (double)m) - logS;
+        H -= (weight(a[j].x, m) / S) * lp;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        double lp = ((double)a[j].x - (double)m) - logS;
+        a[j].x = -(float)fabs(-lp - H);
+    }
+    items_sort(a, n); /* .x descending = score ascending */
+    float mf = (float)mass;
+    double cum = 0;
+    int64_t last = n - 1;
+    for (int64_t j = 0; j < n; j++) {
+        cum += weight(x[a[j].id], m) / S;
+        if (!((float)cum < mf)) {
+            last = j;
+            break;
+        }
+    }
+    float cut = a[last].x;
+    int64_t k = 0;
+    while (k < n && a[k].x >= cut) k++; /* score <= the score at the cut */
+    for (int64_t j = 0; j < k; j++) a[j].x = x[a[j].id];
+    items_sort(a, k);
+    return k;
+}
+
 /* ---------------------------------------------------------------- scratch */
 
 lf_status lf_sample_scratch_create(int64_t V, lf_sample_scratch **out, lf_err *err) {
@@ -361,6 +456,8 @@ lf_status lf_sample_scratch_create(int64_t V, lf_sample_scratch **out, lf_err *e
     LF_CHECK_ALLOC(s->list, err);
     s->it = malloc((size_t)(V + 1) * sizeof *s->it); /* +1: gather_sorted's branch-free store */
     LF_CHECK_ALLOC(s->it, err);
+    s->cnt = calloc((size_t)V, sizeof *s->cnt);
+    LF_CHECK_ALLOC(s->cnt, err);
     *out = s;
     return LF_OK;
 fail:
@@ -375,6 +472,7 @@ void lf_sample_scratch_free(lf_sample_scratch *s) {
     free(s->e);
     free(s->list);
     free(s->it);
+    free(s->cnt);
     free(s);
 }
 
@@ -568,6 +666,33 @@ static int fast_kept(lf_sample_scratch *s, const lf_sample_params *p, int64_t V,
     return 1;
 }
 
+/* Step 3b: min_p / typical_p on the kept set of fast_kept: the sorted part (in place) and the unsorted head
+ * bins (appended after it) gathered into s->it, filtered, sorted into walk order; k becomes that list alone
+ * (hb = 0). Capacity: the kept tokens are distinct candidates, so at most V. */
+static void fast_post(lf_sample_scratch *s, const lf_sample_params *p, kept_set *k) {
+    /* minp_filter's rule on the weights already in s->e (e[id] == weight(x[id], m) for every candidate), applied
+     * while gathering, before the sort: usually leaves few tokens */
+    const float thr = minp_on(p) ? (float)p->min_p : 0.0f, *e = s->e;
+    int64_t n = 0;
+    for (int64_t j = 0; j < k->n; j++) {
+        float w = e[s->it[j].id];
+        if (w > 0 && w >= thr) s->it[n++] = s->it[j];
+    }
+    if (k->hb > 0) {
+        const int all = k->hb > LF_SAMPLE_NB;
+        for (int64_t j = 0; j < k->c.n; j++) {
+            int32_t id = cand_id(s, &k->c, j);
+            float w = e[id];
+            if (w > 0 && w >= thr && (all || bin_of(s->x[id], k->m) < k->hb)) s->it[n++] = (sitem){s->x[id], id};
+        }
+    }
+    items_sort(s->it, n);
+    if (typical_on(p)) n = typical_filter(s->it, n, k->m, p->typical_p, s->x);
+    k->n = n;
+    k->hb = 0;
+    k->S = items_mass(s->it, n, k->m);
+}
+
 /* Step 4: the inverse-CDF draw of target = u * S over the kept set in walk order. The unsorted head is
  * crossed bin by bin with the histogram's masses; the bin holding the target is sorted (after the sorted part,
  * in s->it + n) and walked; when f64 rounding leaves the target past a bin's end the walk goes on. */
@@ -656,15 +781,19 @@ lf_status lf_sample_token(lf_sample_scratch *s, const lf_sample_params *p, lf_rn
     if (st) return st;
     int samp = sampling_on(p);
     if (samp && !rng) return lf_err_set(err, LF_EINVAL, "sample: sampling needs an rng");
-    process(s->x, logits, V, history, n_hist, p->repetition_penalty, samp ? (float)p->temperature : 0.0f);
+    process(s->x, logits, V, history, n_hist, p, samp ? (float)p->temperature : 0.0f, s->cnt);
     int64_t id;
     if (!samp) {
         id = argmax_lowest(s->x, V);
     } else {
         double u = lf_rng_uniform_f64(rng); /* exactly one draw per sampled token */
         kept_set k;
-        if (!fast_kept(s, p, V, &k)) id = 0;
-        else id = fast_draw(s, &k, u);
+        if (!fast_kept(s, p, V, &k)) {
+            id = 0;
+        } else {
+            if (post_on(p)) fast_post(s, p, &k);
+            id = fast_draw(s, &k, u);
+        }
         if (id < 0) id = (int32_t)argmax_lowest(s->x, V); /* unreachable: the maximum has weight 1 */
     }
     raw_stats r;
@@ -681,13 +810,14 @@ lf_status lf_sample_distribution(lf_sample_scratch *s, const lf_sample_params *p
     lf_status st = check_call(p, V, s->V, logits, history, n_hist, probs, err);
     if (st) return st;
     int samp = sampling_on(p);
-    process(s->x, logits, V, history, n_hist, p->repetition_penalty, samp ? (float)p->temperature : 0.0f);
+    process(s->x, logits, V, history, n_hist, p, samp ? (float)p->temperature : 0.0f, s->cnt);
     memset(probs, 0, (size_t)V * sizeof *probs);
     kept_set k;
     if (!samp || !fast_kept(s, p, V, &k)) {
         probs[samp ? 0 : argmax_lowest(s->x, V)] = 1.0f;
         return LF_OK;
     }
+    if (post_on(p)) fast_post(s, p, &k);
     if (k.hb > 0) {
         for (int64_t j = 0; j < k.c.n; j++) {
             int32_t id = cand_id(s, &k.c, j);
@@ -719,9 +849,11 @@ lf_status lf_sample_token_ref(const lf_sample_params *p, lf_rng *rng, const floa
     if (samp && !rng) return lf_err_set(err, LF_EINVAL, "sample_ref: sampling needs an rng");
     float *x = malloc((size_t)V * sizeof *x);
     sitem *a = malloc((size_t)V * sizeof *a);
+    int32_t *cnt = counts_on(p) ? calloc((size_t)V, sizeof *cnt) : NULL;
     LF_CHECK_ALLOC(x, err);
     LF_CHECK_ALLOC(a, err);
-    process(x, logits, V, history, n_hist, p->repetition_penalty, samp ? (float)p->temperature : 0.0f);
+    if (counts_on(p)) LF_CHECK_ALLOC(cnt, err);
+    process(x, logits, V, history, n_hist, p, samp ? (float)p->temperature : 0.0f, cnt);
 
     int64_t id = 0;
     if (!samp) {
@@ -755,6 +887,11 @@ lf_status lf_sample_token_ref(const lf_sample_params *p, lf_rng *rng, const floa
                 nk = keep;
                 S = 0;
                 for (int64_t j = 0; j < nk; j++) S += weight(a[j].x, m);
+            }
+            if (post_on(p)) { /* min_p, then typical_p, on the kept prefix */
+                nk = minp_filter(a, nk, m, p);
+                if (typical_on(p)) nk = typical_filter(a, nk, m, p->typical_p, x);
+                S = items_mass(a, nk, m);
             }
             double target = u * S, acc = 0;
             int64_t last = -1, pick = -1;
@@ -794,9 +931,11 @@ lf_status lf_sample_token_ref(const lf_sample_params *p, lf_rng *rng, const floa
     }
     free(x);
     free(a);
+    free(cnt);
     return LF_OK;
 fail:
     free(x);
     free(a);
+    free(cnt);
     return LF_ENOMEM;
 }

@@ -2,12 +2,13 @@
  *
  *   sample_tool IN.bin OUT.bin
  *
- * IN.bin (little-endian): "LFSMPIN1" (8 bytes), int64 n_cases, then per case
+ * IN.bin (little-endian): "LFSMPIN2" (8 bytes), int64 n_cases, then per case
  *     int64 V, int64 n_hist, int64 top_k, f64 temperature, f64 top_p, f64 repetition_penalty,
- *     int32 do_sample, int32 n_top, uint64 seed, f32 logits[V], int32 history[n_hist]
+ *     int32 do_sample, int32 n_top, uint64 seed, f64 min_p, f64 typical_p, f64 presence_penalty,
+ *     f64 frequency_penalty, int64 n_prompt, f32 logits[V], int32 history[n_hist]
  * OUT.bin: "LFSMPOU1", int64 n_cases, then per case
  *     f32 probs[V]              lf_sample_distribution with the case's params
- *     int32 greedy_id           lf_sample_token with do_sample = 0 (argmax after the penalty)
+ *     int32 greedy_id           lf_sample_token with do_sample = 0 (argmax after the penalties)
  *     int32 sampled_id          lf_sample_token with the case's params, rng seeded with seed
  *     f32 sampled_log_prob
  *     int32 n_top               = min(n_top, V)
@@ -28,6 +29,7 @@ typedef struct {
 
 static int take(reader *r, void *dst, size_t n) {
     if (r->left < n) return 0;
+    if (n == 0) return 1; /* dst may be NULL (a case with no history): memcpy(NULL, p, 0) is undefined */
     memcpy(dst, r->p, n);
     r->p += n;
     r->left -= n;
@@ -40,6 +42,7 @@ typedef struct {
 } writer;
 
 static int put(writer *w, const void *src, size_t n) {
+    if (n == 0) return 1;
     if (w->len + n > w->cap) {
         size_t nc = w->cap ? w->cap : 1 << 16;
         while (nc < w->len + n) nc *= 2;
@@ -73,7 +76,7 @@ int main(int argc, char **argv) {
     reader r = {in, len};
     char magic[8];
     int64_t n_cases;
-    if (!take(&r, magic, 8) || memcmp(magic, "LFSMPIN1", 8) != 0 || !take(&r, &n_cases, 8) || n_cases < 0) {
+    if (!take(&r, magic, 8) || memcmp(magic, "LFSMPIN2", 8) != 0 || !take(&r, &n_cases, 8) || n_cases < 0) {
         fprintf(stderr, "sample_tool: %s: bad header\n", argv[1]);
         goto done;
     }
@@ -81,12 +84,13 @@ int main(int argc, char **argv) {
     int64_t cap_v = 0, cap_h = 0;
     for (int64_t c = 0; c < n_cases; c++) {
         int64_t V, nh;
-        lf_sample_params p;
+        lf_sample_params p = {0};
         uint64_t seed;
         int32_t ds, nt;
         if (!take(&r, &V, 8) || !take(&r, &nh, 8) || !take(&r, &p.top_k, 8) || !take(&r, &p.temperature, 8) ||
             !take(&r, &p.top_p, 8) || !take(&r, &p.repetition_penalty, 8) || !take(&r, &ds, 4) ||
-            !take(&r, &nt, 4) || !take(&r, &seed, 8)) {
+            !take(&r, &nt, 4) || !take(&r, &seed, 8) || !take(&r, &p.min_p, 8) || !take(&r, &p.typical_p, 8) ||
+            !take(&r, &p.presence_penalty, 8) || !take(&r, &p.frequency_penalty, 8) || !take(&r, &p.n_prompt, 8)) {
             fprintf(stderr, "sample_tool: %s: case %lld: truncated header\n", argv[1], (long long)c);
             goto done;
         }

@@ -1,5 +1,6 @@
-/* test_protocol.c - serve/protocol (every parse path and error status, hostile bodies, adapter choice,
- * response builders parsed back with jansson), serve/stop (stop strings split over pieces, overlapping
+/* test_protocol.c - serve/protocol (every parse path and error status, hostile bodies, the generation parameters
+ * of both bodies: each implemented one wired into lf_gen_params, each refused one a 422 naming it with its
+ * no-op value accepted, unknown keys refused, adapter choice, response builders parsed back with jansson), serve/stop (stop strings split over pieces, overlapping
  * prefixes, UTF-8, a randomized split-invariance check against a whole-text reference) and serve/http (a
  * real server on a free loopback port spoken to with plain sockets: routing, 404/405/413, chunked
  * streaming from another thread, concurrency, client disconnect, graceful stop). Seed from LF_TEST_SEED or
@@ -218,11 +219,12 @@ static void test_parse_errors(void) {
 }
 
 static void test_parse_hostile(void) {
-    /* nesting: depth 64 accepted (the root object is level 1), 65 rejected before jansson */
+    /* nesting: depth 64 accepted (the root object is level 1), 65 rejected before jansson (inside "tools",
+     * the one field that takes any JSON) */
     size_t cap = 300000;
     char *b = malloc(cap);
     for (int depth = 64; depth <= 65; depth++) {
-        size_t at = (size_t)sprintf(b, "{\"inputs\": \"a\", \"x\": ");
+        size_t at = (size_t)sprintf(b, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}], \"tools\": ");
         for (int i = 1; i < depth; i++) b[at++] = '[';
         for (int i = 1; i < depth; i++) b[at++] = ']';
         b[at++] = '}';
@@ -348,8 +350,8 @@ static void test_parse_chat(void) {
         {"\"n\": 2}", 422, "n must be 1"},
         {"\"top_logprobs\": 2}", 422, "top_logprobs needs logprobs"},
         {"\"logprobs\": true, \"top_logprobs\": 21}", 422, "top_logprobs must be <= 20"},
-        {"\"frequency_penalty\": 0.5}", 422, "frequency_penalty is not supported"},
-        {"\"presence_penalty\": -1}", 422, "presence_penalty is not supported"},
+        {"\"frequency_penalty\": 2.5}", 422, "frequency_penalty must be in [-2, 2], got 2.5"},
+        {"\"presence_penalty\": -3}", 422, "presence_penalty must be in [-2, 2], got -3"},
         {"\"logit_bias\": {\"1\": 2}}", 422, "logit_bias is not supported"},
         {"\"response_format\": {\"type\": \"json_object\"}}", 422, "response_format type 'json_object'"},
         {"\"max_tokens\": 0}", 422, "max_tokens must be >= 1"},
@@ -363,6 +365,189 @@ static void test_parse_chat(void) {
         snprintf(body, sizeof body, "%s%s", one, bad[i].tail);
         parse_bad(body, bad[i].status, bad[i].needle);
     }
+}
+
+/* =============================== generation parameters (issue 11) =============================== */
+
+/* body = the generate form {"inputs": "x", "parameters": {P}} (chat 0) or the chat form {"messages": [...], P}
+ * (chat 1) for the parameter text P. */
+static void params_body(char *buf, size_t cap, int chat, const char *p) {
+    if (chat) snprintf(buf, cap, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]%s%s}", p[0] ? ", " : "", p);
+    else snprintf(buf, cap, "{\"inputs\": \"x\", \"parameters\": {%s}}", p);
+}
+
+static lf_gen_request *params_ok(int chat, const char *p) {
+    char body[2048], what[2100];
+    params_body(body, sizeof body, chat, p);
+    snprintf(what, sizeof what, "%s: %s", chat ? "chat" : "generate", p);
+    return parse_ok(body, what);
+}
+
+/* Failure with `want` and a message holding the route's prefix + needle ("parameters.min_p must ..."). */
+static void params_bad(int chat, const char *p, int want, const char *needle) {
+    char body[2048], full[512];
+    params_body(body, sizeof body, chat, p);
+    snprintf(full, sizeof full, "%s%s", chat ? "" : "parameters.", needle);
+    parse_bad(body, want, full);
+}
+
+static void test_parse_params_issue11(void) {
+    int passed0 = passed, failed0 = failed;
+    for (int chat = 0; chat <= 1; chat++) {
+        const char *route = chat ? "chat" : "generate";
+        /* defaults: everything off */
+        lf_gen_request *r = params_ok(chat, "");
+        if (r) {
+            lf_gen_params *p = &r->params;
+            CHECK(p->min_p == 0 && p->typical_p == 1.0 && p->presence_penalty == 0 && p->frequency_penalty == 0 &&
+                      p->n_stop_token_ids == 0 && p->stop_token_ids == NULL && !p->ignore_eos && p->truncate == 0,
+                  "%s: new parameters default to off", route);
+            lf_proto_request_free(r);
+        }
+        /* every implemented one, wired into lf_gen_params */
+        r = params_ok(chat, "\"min_p\": 0.1, \"typical_p\": 0.5, \"presence_penalty\": 0.5, \"frequency_penalty\": -1.25, "
+                            "\"stop_token_ids\": [5, 7, 0], \"ignore_eos\": true, \"truncate\": 12, \"temperature\": 0.8");
+        if (r) {
+            lf_gen_params *p = &r->params;
+            CHECK(fabs(p->min_p - 0.1) < 1e-12 && fabs(p->typical_p - 0.5) < 1e-12 && p->presence_penalty == 0.5 &&
+                      p->frequency_penalty == -1.25 && p->ignore_eos && p->truncate == 12 && p->do_sample &&
+                      fabs(p->temperature - 0.8) < 1e-12,
+                  "%s: min_p typical_p presence frequency ignore_eos truncate wired", route);
+            CHECK(p->n_stop_token_ids == 3 && p->stop_token_ids[0] == 5 && p->stop_token_ids[1] == 7 &&
+                      p->stop_token_ids[2] == 0,
+                  "%s: stop_token_ids (%zu)", route, p->n_stop_token_ids);
+            lf_proto_request_free(r);
+        }
+        r = params_ok(chat, "\"truncate_prompt_tokens\": 8, \"stop_token_ids\": [], \"presence_penalty\": -2, "
+                            "\"frequency_penalty\": 2, \"min_p\": 0, \"typical_p\": 1");
+        if (r) {
+            CHECK(r->params.truncate == 8 && r->params.n_stop_token_ids == 0 && r->params.presence_penalty == -2 &&
+                      r->params.frequency_penalty == 2,
+                  "%s: vLLM's truncate_prompt_tokens, empty stop_token_ids, penalty edges", route);
+            lf_proto_request_free(r);
+        }
+        /* range and type errors name the field */
+        params_bad(chat, "\"min_p\": 1.5", 422, "min_p must be in [0, 1], got 1.5");
+        params_bad(chat, "\"min_p\": -0.1", 422, "min_p must be in [0, 1]");
+        params_bad(chat, "\"min_p\": \"a\"", 400, "min_p must be a number");
+        params_bad(chat, "\"typical_p\": 0", 422, "typical_p must be in (0, 1]");
+        params_bad(chat, "\"typical_p\": 1.01", 422, "typical_p must be in (0, 1]");
+        params_bad(chat, "\"presence_penalty\": 2.5", 422, "presence_penalty must be in [-2, 2], got 2.5");
+        params_bad(chat, "\"frequency_penalty\": -3", 422, "frequency_penalty must be in [-2, 2], got -3");
+        params_bad(chat, "\"frequency_penalty\": true", 400, "frequency_penalty must be a number");
+        params_bad(chat, "\"stop_token_ids\": 5", 400, "stop_token_ids must be a list of integer token ids");
+        params_bad(chat, "\"stop_token_ids\": [1, \"2\"]", 400, "stop_token_ids[1] must be an integer");
+        params_bad(chat, "\"stop_token_ids\": [1.5]", 400, "stop_token_ids[0] must be an integer");
+        params_bad(chat, "\"stop_token_ids\": [-1]", 422, "stop_token_ids[0] must be a token id in [0, 2147483647], got -1");
+        params_bad(chat, "\"stop_token_ids\": [4294967296]", 422, "stop_token_ids[0] must be a token id");
+        params_bad(chat, "\"ignore_eos\": \"yes\"", 400, "ignore_eos must be a boolean");
+        params_bad(chat, "\"truncate\": 0", 422, "truncate must be >= 1");
+        params_bad(chat, "\"truncate\": \"5\"", 400, "truncate must be an integer");
+        params_bad(chat, "\"truncate_prompt_tokens\": -1", 422, "truncate_prompt_tokens must be >= 1");
+        {
+            char many[2048] = "\"stop_token_ids\": [";
+            for (int i = 0; i < 65; i++) snprintf(many + strlen(many), sizeof many - strlen(many), "%s%d", i ? "," : "", i);
+            strcat(many, "]");
+            params_bad(chat, many, 422, "stop_token_ids: at most 64 ids are allowed, got 65");
+        }
+        char both[2048];
+        params_body(both, sizeof both, chat, "\"truncate\": 3, \"truncate_prompt_tokens\": 4");
+        parse_bad(both, 422, "not both");
+        /* refused: named, 422, LF_EUNSUPPORTED; their no-op values (what clients send as defaults) accepted */
+        struct {
+            const char *bad, *needle, *noop;
+        } refused[] = {
+            {"\"watermark\": true", "watermark is not supported", "\"watermark\": false"},
+            {"\"num_beams\": 4", "num_beams must be 1, got 4", "\"num_beams\": 1"},
+            {"\"best_of\": 2", "best_of must be 1, got 2", "\"best_of\": 1"},
+            {"\"n\": 3", "n must be 1, got 3", "\"n\": 1"},
+            {"\"top_n_tokens\": 5", "top_n_tokens must be 0, got 5", "\"top_n_tokens\": 0"},
+            {"\"decoder_input_details\": true", "decoder_input_details is not supported", "\"decoder_input_details\": false"},
+            {"\"logit_bias\": {\"1\": 2}", "logit_bias is not supported", "\"logit_bias\": {}"},
+            {"\"use_beam_search\": true", "use_beam_search is not supported", "\"use_beam_search\": false"},
+            {"\"length_penalty\": 2", "length_penalty must be 1, got 2", "\"length_penalty\": 1.0"},
+            {"\"early_stopping\": true", "early_stopping is not supported", "\"early_stopping\": false"},
+            {"\"min_tokens\": 3", "min_tokens must be 0, got 3", "\"min_tokens\": 0"},
+            {"\"no_repeat_ngram_size\": 2", "no_repeat_ngram_size must be 0, got 2", "\"no_repeat_ngram_size\": 0"},
+            {"\"skip_special_tokens\": false", "skip_special_tokens is not supported", "\"skip_special_tokens\": true"},
+            {"\"spaces_between_special_tokens\": false", "spaces_between_special_tokens is not supported",
+             "\"spaces_between_special_tokens\": true"},
+            {"\"include_stop_str_in_output\": true", "include_stop_str_in_output is not supported",
+             "\"include_stop_str_in_output\": false"},
+            {"\"grammar\": {\"type\": \"json\", \"value\": {}}", "grammar is not supported", "\"grammar\": null"},
+        };
+        for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+            params_bad(chat, refused[i].bad, 422, refused[i].needle);
+            char body[2048];
+            params_body(body, sizeof body, chat, refused[i].bad);
+            lf_gen_request *q = NULL;
+            lf_err err = {0};
+            int status = 0;
+            CHECK(lf_proto_parse(body, strlen(body), NULL, &q, &status, &err) == LF_EUNSUPPORTED && status == 422,
+                  "%s: %s -> LF_EUNSUPPORTED", route, refused[i].bad);
+            lf_proto_request_free(q);
+            q = params_ok(chat, refused[i].noop);
+            lf_proto_request_free(q);
+        }
+        params_bad(chat, "\"num_beams\": 0", 422, "num_beams must be >= 1");
+        params_bad(chat, "\"watermark\": 1", 400, "watermark must be a boolean");
+        params_bad(chat, "\"logit_bias\": []", 400, "logit_bias must be an object");
+        /* unknown keys: 422 naming them; null values count as absent */
+        params_bad(chat, "\"frobnicate\": 1", 422, "frobnicate is not a known parameter");
+        params_bad(chat, "\"temperature\": 0.5, \"typo_p\": 0.5", 422, "typo_p is not a known parameter");
+        lf_proto_request_free(params_ok(chat, "\"frobnicate\": null"));
+    }
+    /* the other body's names say where they belong */
+    params_bad(0, "\"max_tokens\": 5", 422, "max_tokens is not a known parameter here (the chat body's name");
+    params_bad(0, "\"logprobs\": true", 422, "logprobs is not a known parameter here");
+    params_bad(1, "\"max_new_tokens\": 5", 422, "max_new_tokens is not a known parameter here (a generate-body");
+    params_bad(1, "\"do_sample\": true", 422, "do_sample is not a known parameter here");
+    params_bad(0, "\"stream\": true", 422, "stream belongs at the top level of the body");
+    /* the generate body's top level: only inputs / parameters / stream / adapters */
+    parse_bad("{\"inputs\": \"x\", \"temperature\": 0.5}", 422, "temperature is not a known top-level key of the generate "
+                                                            "body; put it under \"parameters\"");
+    parse_bad("{\"inputs\": \"x\", \"extra\": 1}", 422, "extra is not a known parameter");
+    lf_proto_request_free(parse_ok("{\"inputs\": \"x\", \"extra\": null, \"messages\": null}", "generate: null extras"));
+    /* chat-only options */
+    parse_bad("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"stream_options\": {\"include_usage\": true, "
+              "\"continuous_usage_stats\": true}}",
+              422, "stream_options.continuous_usage_stats is not a known parameter");
+    parse_bad("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tool_choice\": \"required\"}", 422,
+              "tool_choice is not supported");
+    parse_bad("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"parallel_tool_calls\": false}", 422,
+              "parallel_tool_calls");
+    parse_bad("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"user\": 5}", 400, "user must be a string");
+    lf_proto_request_free(parse_ok("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tool_choice\": \"auto\", "
+                                   "\"parallel_tool_calls\": true, \"user\": \"u-1\"}",
+                                   "chat: tool_choice auto, parallel_tool_calls true, user (metadata)"));
+    /* sampling switch of the generate body: min_p / typical_p turn it on like the other warpers; the penalties,
+     * ignore_eos and stop ids do not */
+    struct {
+        const char *params;
+        int do_sample;
+    } sw[] = {{"\"min_p\": 0.05", 1}, {"\"typical_p\": 0.9", 1}, {"\"min_p\": 0", 0}, {"\"typical_p\": 1.0", 0},
+              {"\"presence_penalty\": 1, \"frequency_penalty\": 1", 0}, {"\"min_p\": 0.05, \"do_sample\": false", 0},
+              {"\"ignore_eos\": true, \"stop_token_ids\": [3]", 0}};
+    for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++) {
+        lf_gen_request *r = params_ok(0, sw[i].params);
+        if (!r) continue;
+        CHECK(r->params.do_sample == sw[i].do_sample, "generate %s: do_sample %d", sw[i].params, r->params.do_sample);
+        lf_proto_request_free(r);
+    }
+    /* what TGI's Python client sends: every field, unset ones as null */
+    lf_gen_request *r = parse_ok(
+        "{\"inputs\": \"x\", \"stream\": false, \"parameters\": {\"best_of\": null, \"decoder_input_details\": false, "
+        "\"details\": true, \"do_sample\": false, \"frequency_penalty\": null, \"grammar\": null, \"max_new_tokens\": 20, "
+        "\"repetition_penalty\": null, \"return_full_text\": false, \"seed\": null, \"stop\": [], \"temperature\": null, "
+        "\"top_k\": null, \"top_n_tokens\": null, \"top_p\": null, \"truncate\": null, \"typical_p\": null, "
+        "\"watermark\": false, \"adapter_id\": null}}",
+        "TGI client defaults");
+    if (r) {
+        CHECK(r->params.max_new_tokens == 20 && r->params.details && !r->params.do_sample && r->params.typical_p == 1.0,
+              "TGI client defaults parsed as greedy, 20 tokens");
+        lf_proto_request_free(r);
+    }
+    printf("generation parameters (issue 11): %d passed, %d failed\n", passed - passed0, failed - failed0);
 }
 
 /* =============================== adapters =============================== */
@@ -1442,6 +1627,7 @@ int main(void) {
     test_parse_errors();
     test_parse_hostile();
     test_parse_chat();
+    test_parse_params_issue11();
     test_adapters();
     test_builders();
     test_stop_cases();
