@@ -461,10 +461,12 @@ static int tokenize_input(lf_server *s, const lf_gen_request *r, size_t i, int32
         snprintf(msg, msg_cap, r->n_inputs > 1 ? "inputs[%zu] encodes to no tokens" : "the prompt encodes to no tokens", i);
         return 422;
     }
-    if (*n >= s->max_model_len) {
-        snprintf(msg, msg_cap, "%sprompt is %lld tokens; --max-model-len is %lld and the prompt must leave room for at "
-                               "least one generated token", r->n_inputs > 1 ? "an input's " : "the ", (long long)*n,
-                 (long long)s->max_model_len);
+    /* the engine keeps only the last `truncate` ids: the limit applies to what is kept */
+    int64_t kept = r->params.truncate > 0 && *n > r->params.truncate ? r->params.truncate : *n;
+    if (kept >= s->max_model_len) {
+        snprintf(msg, msg_cap, "%sprompt is %lld tokens%s; --max-model-len is %lld and the prompt must leave room for "
+                               "at least one generated token", r->n_inputs > 1 ? "an input's " : "the ", (long long)kept,
+                 kept < *n ? " after truncate" : "", (long long)s->max_model_len);
         free(*ids);
         *ids = NULL;
         return 413;
