@@ -2,7 +2,7 @@
 # setup.sh - install the system packages loraforge builds against (Debian 12). Idempotent: apt runs only
 # when something is missing. Needs root (or sudo).
 set -euo pipefail
-PKGS=(build-essential curl cmake pkg-config libjansson-dev zlib1g-dev libmicrohttpd-dev libpcre2-dev libutf8proc-dev libyaml-dev)
+PKGS=(build-essential curl cmake pkg-config libjansson-dev zlib1g-dev libpcre2-dev libutf8proc-dev libyaml-dev)
 if [ "${1:-}" = "--tests" ]; then
   # the oracle virtualenv: Debian's torch + venv support; clang + its libFuzzer runtime for scripts/fuzz.sh
   PKGS+=(python3 python3-venv python3-torch python3-numpy clang libclang-rt-dev)
