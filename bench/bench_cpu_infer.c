@@ -1,11 +1,13 @@
 /* bench_cpu_infer.c - prefill and decode tokens/s of a model on the CPU backend, and decode's share of the
  * memory bandwidth measured in the same run (threaded memcpy over the same thread pool size).
- * Prints one JSON line. Usage: bench_cpu_infer --model DIR [--prompt-len 128] [--decode 32] [--threads N] */
+ * Prints one JSON line. Usage: bench_cpu_infer --model DIR [--prompt-len 128] [--decode 32] [--threads N]
+ * [--quantization-bit 4]; a bad or unknown flag is a usage error (exit 2, bench/bench_args.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench_args.h" // defines: lf_args_parse
 #include "core/threadpool.h"
 #include "kernels/backend.h"
 #include "model/model.h"
@@ -52,22 +54,37 @@ static double memcpy_gbs(int threads, size_t bytes) {
     return 2.0 * (double)bytes / best / 1e9;
 }
 
+static const char USAGE[] =
+    "usage: bench_cpu_infer --model DIR [--prompt-len N] [--decode N] [--threads N] [--quantization-bit 4]\n"
+    "  prefill and decode tokens/s on the CPU backend, and decode's share of the memory bandwidth; one JSON line\n"
+    "  --model DIR            Hugging Face model directory (required)\n"
+    "  --prompt-len N         prompt tokens to prefill (default 128)\n"
+    "  --decode N             tokens to decode after the prompt (default 32)\n"
+    "  --threads N            CPU threads (default 0 = all online CPUs)\n"
+    "  --quantization-bit B   4: quantize the decoder linears to NF4 on load; 0: keep the weights (default)\n";
+
 int main(int argc, char **argv) {
     const char *dir = NULL;
     int64_t prompt_len = 128, ndecode = 32;
-    int threads = 0;
     lf_model_options mo = lf_model_default_options();
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--model")) dir = argv[i + 1];
-        else if (!strcmp(argv[i], "--prompt-len")) prompt_len = atoll(argv[i + 1]);
-        else if (!strcmp(argv[i], "--decode")) ndecode = atoll(argv[i + 1]);
-        else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--quantization-bit")) mo.quant_bits = atoi(argv[i + 1]);
-    }
-    if (!dir || prompt_len < 1 || ndecode < 1) {
-        fprintf(stderr, "usage: bench_cpu_infer --model DIR [--prompt-len N] [--decode N] [--threads N] [--quantization-bit 4]\n");
+    int threads = 0, qbits = mo.quant_bits;
+    const lf_arg_spec flags[] = {LF_FLAG_STR("--model", &dir),
+                                 LF_FLAG_I64("--prompt-len", &prompt_len, 1, 1 << 24),
+                                 LF_FLAG_I64("--decode", &ndecode, 1, 1 << 24),
+                                 LF_FLAG_INT("--threads", &threads, 0, 4096),
+                                 LF_FLAG_INT("--quantization-bit", &qbits, 0, 4),
+                                 LF_FLAG_END};
+    int rc = lf_args_parse("bench_cpu_infer", USAGE, argc, argv, 1, flags, NULL, 0, NULL);
+    if (rc >= 0) return rc;
+    if (qbits != 0 && qbits != 4) {
+        fprintf(stderr, "bench_cpu_infer: --quantization-bit: %d is not 0 or 4\n", qbits);
         return 2;
     }
+    if (!dir) {
+        fprintf(stderr, "bench_cpu_infer: --model DIR is required (see bench_cpu_infer --help)\n");
+        return 2;
+    }
+    mo.quant_bits = qbits;
     lf_err err = {0};
     lf_backend *be = lf_backend_cpu_create(threads);
     lf_model *m = NULL;

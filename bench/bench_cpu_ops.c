@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench_args.h" // defines: lf_args_parse
 #include "core/threadpool.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -241,16 +242,17 @@ static double bench_decode(lf_backend *be, lf_dtype dt, int64_t C, int64_t OC, d
     return (double)wbytes * n_copies / best * 1e-9;
 }
 
+static const char USAGE[] =
+    "usage: bench_cpu_ops [--threads N]\n"
+    "  CPU matmul GFLOP/s and GEMV GB/s against the FMA peak and memory bandwidth measured in the same run;\n"
+    "  progress on stderr, one JSON line on stdout\n"
+    "  --threads N   threads (default 0 = all online CPUs)\n";
+
 int main(int argc, char **argv) {
     int threads = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
-            threads = atoi(argv[++i]);
-        else {
-            fprintf(stderr, "usage: %s [--threads N]\n", argv[0]);
-            return 2;
-        }
-    }
+    const lf_arg_spec flags[] = {LF_FLAG_INT("--threads", &threads, 0, 4096), LF_FLAG_END};
+    int rc = lf_args_parse("bench_cpu_ops", USAGE, argc, argv, 1, flags, NULL, 0, NULL);
+    if (rc >= 0) return rc;
     lf_backend *be = lf_backend_cpu_create(threads);
     lf_pool *pool = lf_pool_create(threads);
     if (!be || !pool) {

@@ -28,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench_args.h" // defines: lf_args_parse
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "core/threadpool.h"
@@ -474,20 +475,27 @@ static void summary(void) {
            "memcpy = read+written bytes per second (a pure read stream can reach up to ~2x less time per byte).\n");
 }
 
+static const char USAGE[] =
+    "usage: bench_quant [--threads N] [--pool MiB] [--rounds N] [--quick] [--require-cuda]\n"
+    "  4-bit (NF4) dequantize / GEMV / matmul against bf16 and memcpy, CPU (and CUDA when built and present)\n"
+    "  --threads N      threads (default 0 = all online CPUs)\n"
+    "  --pool MiB       weight copies cycled through so they come from DRAM (default 512)\n"
+    "  --quick          --pool 64\n"
+    "  --rounds N       interleaved rounds per figure, best of them (default 3)\n"
+    "  --require-cuda   exit 1 when there are no CUDA figures\n";
+
 int main(int argc, char **argv) {
-    int threads = 0, require_cuda = 0;
-    size_t pool_mib = 512;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--require-cuda") == 0) require_cuda = 1;
-        else if (strcmp(argv[i], "--quick") == 0) pool_mib = 64;
-        else if (strcmp(argv[i], "--pool") == 0 && i + 1 < argc) pool_mib = (size_t)atol(argv[++i]);
-        else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) g_rounds = atoi(argv[++i]) > 0 ? atoi(argv[i]) : 1;
-        else {
-            fprintf(stderr, "usage: bench_quant [--threads N] [--pool MiB] [--rounds N] [--quick] [--require-cuda]\n");
-            return 2;
-        }
-    }
+    int threads = 0, require_cuda = 0, quick = 0, pool_set = 0;
+    int64_t pool_arg = 512;
+    const lf_arg_spec flags[] = {LF_FLAG_INT("--threads", &threads, 0, 4096),
+                                 LF_FLAG_BOOL("--require-cuda", &require_cuda),
+                                 LF_FLAG_BOOL("--quick", &quick),
+                                 {"--pool", LF_ARG_I64, &pool_arg, .lo = 1, .hi = 1 << 20, .seen = &pool_set},
+                                 LF_FLAG_INT("--rounds", &g_rounds, 1, 1000),
+                                 LF_FLAG_END};
+    int rc = lf_args_parse("bench_quant", USAGE, argc, argv, 1, flags, NULL, 0, NULL);
+    if (rc >= 0) return rc;
+    size_t pool_mib = pool_set ? (size_t)pool_arg : quick ? 64 : 512;
     const size_t pool_bytes = pool_mib << 20;
     lf_err err;
     lf_err_clear(&err);

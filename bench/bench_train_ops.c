@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench_args.h" // defines: lf_args_parse
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "quant/quant.h"
@@ -99,23 +100,21 @@ static double fma_peak_gflops(lf_backend *be, int nth) {
         var = best_;                                                                                                   \
     } while (0)
 
+static const char USAGE[] =
+    "usage: bench_train_ops [--threads N] [--T n] [--C n] [--OC n]\n"
+    "  CPU training-op GFLOP/s (matmul forward/backward, 4-bit, attention) against the FMA peak; one JSON line\n"
+    "  --threads N   threads (default 0 = all online CPUs)\n"
+    "  --T n         matmul rows (default 512)\n"
+    "  --C n         matmul input features (default 768)\n"
+    "  --OC n        matmul output features (default 2048)\n";
+
 int main(int argc, char **argv) {
     int nth = 0;
     int64_t T = 512, C = 768, OC = 2048, AT = 512, H = 12, KH = 4, D = 64;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--threads"))
-            nth = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--T"))
-            T = atoll(argv[i + 1]);
-        else if (!strcmp(argv[i], "--C"))
-            C = atoll(argv[i + 1]);
-        else if (!strcmp(argv[i], "--OC"))
-            OC = atoll(argv[i + 1]);
-        else {
-            fprintf(stderr, "usage: bench_train_ops [--threads N] [--T n] [--C n] [--OC n]\n");
-            return 2;
-        }
-    }
+    const lf_arg_spec flags[] = {LF_FLAG_INT("--threads", &nth, 0, 4096), LF_FLAG_I64("--T", &T, 1, 1 << 20),
+                                 LF_FLAG_I64("--C", &C, 1, 1 << 20), LF_FLAG_I64("--OC", &OC, 1, 1 << 20), LF_FLAG_END};
+    int rc = lf_args_parse("bench_train_ops", USAGE, argc, argv, 1, flags, NULL, 0, NULL);
+    if (rc >= 0) return rc;
     lf_backend *be = lf_backend_cpu_create(nth);
     if (!be) {
         fprintf(stderr, "bench_train_ops: cannot create the CPU backend\n");

@@ -20,8 +20,18 @@ int lf_cmd_tokenize(int argc, char **argv);
 int lf_cmd_detokenize(int argc, char **argv);
 int lf_cmd_serve(int argc, char **argv);
 
-/* Flag value parsing: on error print "loraforge CMD: --flag: ..." and return nonzero. */
+/* Flag value parsing: on error print "loraforge CMD: --flag: ..." and return nonzero.
+ * lf_cli_need_value: argv[i] needs a value: argv[i + 1] must exist and must not be another flag ("--x";
+ * "-1" is a value). */
 int lf_cli_need_value(const char *cmd, int argc, char **argv, int i);
+/* The entry of known (NULL-terminated) closest to arg by edit distance, when close enough to be a typo; else NULL. */
+const char *lf_cli_suggest(const char *arg, const char *const *known);
+/* "loraforge CMD: unknown option 'ARG'; did you mean '--x'? (see loraforge CMD --help)", the suggestion the
+ * closest of known (NULL-terminated: every flag of the command) when one is close. Returns 2 (the exit code). */
+int lf_cli_unknown_option(const char *cmd, const char *arg, const char *const *known);
+/* argv[*i] takes a value: it must be one of known (else lf_cli_unknown_option) and have a value
+ * (lf_cli_need_value). Advances *i to the value and returns it; NULL after printing the error. */
+const char *lf_cli_flag_value(const char *cmd, int argc, char **argv, int *i, const char *const *known);
 int lf_cli_parse_i64(const char *cmd, const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out);
 int lf_cli_parse_f64(const char *cmd, const char *flag, const char *s, double lo, double hi, double *out);
 /* Parse "1 2 3" (spaces or commas) into a malloc'd int32 array (caller frees). */
@@ -32,6 +42,8 @@ int lf_cli_parse_tokens(const char *cmd, const char *s, int32_t **out, int64_t *
  * advances *i past its value), 0 when it was not, -1 after printing an error. */
 struct lf_model_options;
 int lf_cli_model_option(const char *cmd, int argc, char **argv, int *i, struct lf_model_options *o, int short_names);
+#define LF_CLI_MODEL_FLAG_NAMES "--quantization-bit", "--quantization_bit", "--quant-type", "--quant-blocksize", \
+                                "--no-double-quant"
 #define LF_CLI_MODEL_OPTIONS_HELP                                                                         \
     "  --quantization-bit 4  quantize q/k/v/o/gate/up/down to 4 bits on load (bitsandbytes NF4/FP4)\n"    \
     "  --quant-type T        nf4 (default) or fp4\n"                                                       \

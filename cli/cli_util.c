@@ -21,11 +21,61 @@ void lf_cli_error(const char *cmd, const char *fmt, ...) {
 }
 
 int lf_cli_need_value(const char *cmd, int argc, char **argv, int i) {
-    if (i + 1 >= argc) {
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!v || (v[0] == '-' && v[1] == '-' && v[2])) {
         lf_cli_error(cmd, "%s needs a value (see loraforge %s --help)", argv[i], cmd);
         return 1;
     }
     return 0;
+}
+
+/* Levenshtein distance, strings capped at 63 characters. */
+static int edit_distance(const char *a, const char *b) {
+    int n = (int)strlen(a), m = (int)strlen(b), row[64];
+    if (n > 63) n = 63;
+    if (m > 63) m = 63;
+    for (int j = 0; j <= m; j++) row[j] = j;
+    for (int i = 1; i <= n; i++) {
+        int diag = row[0];
+        row[0] = i;
+        for (int j = 1; j <= m; j++) {
+            int up = row[j], v = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < v) v = up + 1;
+            if (row[j - 1] + 1 < v) v = row[j - 1] + 1;
+            row[j] = v;
+            diag = up;
+        }
+    }
+    return row[m];
+}
+
+const char *lf_cli_suggest(const char *arg, const char *const *known) {
+    const char *best = NULL;
+    int bd = 1 << 30;
+    for (size_t k = 0; known && known[k]; k++) {
+        int d = edit_distance(arg, known[k]), len = (int)strlen(known[k]);
+        if (d > 0 && d <= 4 && d * 3 <= len + 1 && d < bd) bd = d, best = known[k];
+    }
+    return best;
+}
+
+int lf_cli_unknown_option(const char *cmd, const char *arg, const char *const *known) {
+    const char *best = lf_cli_suggest(arg, known);
+    if (best) lf_cli_error(cmd, "unknown option '%s'; did you mean '%s'? (see loraforge %s --help)", arg, best, cmd);
+    else lf_cli_error(cmd, "unknown option '%s' (see loraforge %s --help)", arg, cmd);
+    return 2;
+}
+
+const char *lf_cli_flag_value(const char *cmd, int argc, char **argv, int *i, const char *const *known) {
+    const char *a = argv[*i];
+    size_t k = 0;
+    while (known[k] && strcmp(known[k], a)) k++;
+    if (!known[k]) {
+        lf_cli_unknown_option(cmd, a, known);
+        return NULL;
+    }
+    if (lf_cli_need_value(cmd, argc, argv, *i)) return NULL;
+    return argv[++*i];
 }
 
 int lf_cli_parse_i64(const char *cmd, const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out) {

@@ -6,12 +6,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/cli.h"               // defines: lf_cli_error, lf_cli_need_value
+#include "cli/cli.h"               // defines: lf_cli_error, lf_cli_need_value, lf_cli_unknown_option
 #include "core/fileio.h"           // defines: lf_file_read_all
 #include "core/json.h"             // defines: lf_json_load_file
 #include "model/chat_template.h"   // defines: lf_chat_template_*
 
 static const char *CMD = "chat-template";
+static const char *const FLAGS[] = {"--model", "--template", "--template-file", "--messages", "--extra", "--bos-token",
+                                    "--eos-token", "--add-generation-prompt", NULL};
 
 static void chat_template_usage(FILE *out) {
     fprintf(out,
@@ -76,8 +78,7 @@ int lf_cmd_chat_template(int argc, char **argv) {
             else if (!strcmp(a, "--bos-token")) bos = v;
             else eos = v;
         } else {
-            lf_cli_error(CMD, "unknown option '%s' (see loraforge %s --help)", a, CMD);
-            return 2;
+            return lf_cli_unknown_option(CMD, a, FLAGS);
         }
     }
     if ((model != NULL) + (tname != NULL) + (tfile != NULL) != 1) {

@@ -12,6 +12,9 @@
 #include "model/tokenizer.h"
 
 static const char *CMD = "generate";
+static const char *const FLAGS[] = {"--model", "--adapter", "--tokens", "--prompt", "--max-new-tokens",
+                                    "--temperature", "--top-k", "--top-p", "--seed", "--threads", "--ignore-eos",
+                                    LF_CLI_MODEL_FLAG_NAMES, NULL};
 
 static void help(void) {
     printf("usage: loraforge generate --model DIR (--tokens \"1 2 3\" | --prompt TEXT) [options]\n\n"
@@ -58,8 +61,8 @@ int lf_cmd_generate(int argc, char **argv) {
         int mo = lf_cli_model_option(CMD, argc, argv, &i, &mopt, 0);
         if (mo < 0) return 2;
         if (mo) continue;
-        if (lf_cli_need_value(CMD, argc, argv, i)) return 2;
-        const char *v = argv[++i];
+        const char *v = lf_cli_flag_value(CMD, argc, argv, &i, FLAGS);
+        if (!v) return 2;
         int bad = 0;
         if (!strcmp(a, "--model")) model_dir = v;
         else if (!strcmp(a, "--adapter")) adapter_dir = v;
@@ -71,10 +74,7 @@ int lf_cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--top-p")) bad = lf_cli_parse_f64(CMD, a, v, 1e-9, 1.0, &top_p);
         else if (!strcmp(a, "--seed")) bad = lf_cli_parse_i64(CMD, a, v, 0, INT64_MAX, &seed);
         else if (!strcmp(a, "--threads")) bad = lf_cli_parse_i64(CMD, a, v, 0, 4096, &threads);
-        else {
-            lf_cli_error(CMD, "unknown option '%s' (see --help)", a);
-            return 2;
-        }
+        else return lf_cli_unknown_option(CMD, a, FLAGS);
         if (bad) return 2;
     }
     if (!model_dir || (!tokens_s && !prompt) || (tokens_s && prompt)) {

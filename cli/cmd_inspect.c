@@ -219,8 +219,8 @@ int lf_cmd_inspect(int argc, char **argv) {
         } else if (strcmp(argv[i], "--json") == 0) {
             as_json = 1;
         } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
-            lf_cli_error(CMD, "unknown option '%s' (see loraforge inspect --help)", argv[i]);
-            return 2;
+            static const char *const known[] = {"--json", NULL};
+            return lf_cli_unknown_option(CMD, argv[i], known);
         } else if (path) {
             lf_cli_error(CMD, "more than one PATH ('%s' and '%s')", path, argv[i]);
             return 2;

@@ -15,6 +15,10 @@
 #include "core/tensor.h"
 
 static const char *CMD = "make-tiny";
+static const char *const FLAGS[] = {"--arch", "--out", "--dtype", "--tokenizer", "--rope-scaling", "--seed", "--hidden",
+                                    "--layers", "--heads", "--kv-heads", "--head-dim", "--intermediate", "--vocab",
+                                    "--max-pos", "--sliding-window", "--shard-size", "--init-std", "--rope-theta",
+                                    "--tie-embeddings", "--attention-bias", NULL};
 
 static void help(void) {
     printf("usage: loraforge make-tiny --arch llama|mistral|qwen2 --out DIR [options]\n\n"
@@ -250,8 +254,8 @@ int lf_cmd_make_tiny(int argc, char **argv) {
             lf_cli_error(CMD, "unexpected argument '%s' (see --help)", a);
             return 2;
         }
-        if (lf_cli_need_value(CMD, argc, argv, i)) return 2;
-        const char *v = argv[++i];
+        const char *v = lf_cli_flag_value(CMD, argc, argv, &i, FLAGS);
+        if (!v) return 2;
         int bad = 0;
         if (!strcmp(a, "--arch")) o.arch = v;
         else if (!strcmp(a, "--out")) o.out = v;
@@ -271,10 +275,7 @@ int lf_cmd_make_tiny(int argc, char **argv) {
         else if (!strcmp(a, "--shard-size")) bad = lf_cli_parse_i64(CMD, a, v, 1, INT64_MAX, &o.shard_size);
         else if (!strcmp(a, "--init-std")) bad = lf_cli_parse_f64(CMD, a, v, 0.0, 10.0, &o.init_std);
         else if (!strcmp(a, "--rope-theta")) bad = lf_cli_parse_f64(CMD, a, v, 1.0, 1e12, &o.rope_theta);
-        else {
-            lf_cli_error(CMD, "unknown option '%s' (see --help)", a);
-            return 2;
-        }
+        else return lf_cli_unknown_option(CMD, a, FLAGS);
         if (bad) return 2;
     }
     if (!o.arch || !o.out) {

@@ -15,6 +15,7 @@
 #include "quant/quant.h"
 
 static const char *CMD = "merge";
+static const char *const FLAGS[] = {"--model", "--adapter", "--out", "--dtype", NULL};
 
 static void help(void) {
     printf("usage: loraforge merge --model DIR --adapter DIR --out DIR [--dtype bf16|f16|f32]\n\n"
@@ -32,16 +33,13 @@ int lf_cmd_merge(int argc, char **argv) {
             help();
             return 0;
         }
-        if (lf_cli_need_value(CMD, argc, argv, i)) return 2;
-        const char *v = argv[++i];
+        const char *v = lf_cli_flag_value(CMD, argc, argv, &i, FLAGS);
+        if (!v) return 2;
         if (!strcmp(a, "--model")) model_dir = v;
         else if (!strcmp(a, "--adapter")) adapter_dir = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--dtype")) dts = v;
-        else {
-            lf_cli_error(CMD, "unknown option '%s' (see --help)", a);
-            return 2;
-        }
+        else return lf_cli_unknown_option(CMD, a, FLAGS);
     }
     if (!model_dir || !adapter_dir || !out) {
         lf_cli_error(CMD, "--model, --adapter and --out are required (see --help)");

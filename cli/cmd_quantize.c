@@ -10,6 +10,8 @@
 #include "model/model.h"
 
 static const char *CMD = "quantize";
+static const char *const FLAGS[] = {"--model", "--out", "--threads", "--type", "--blocksize", LF_CLI_MODEL_FLAG_NAMES,
+                                    NULL};
 
 static void help(void) {
     printf("usage: loraforge quantize --model DIR --out DIR [--type nf4|fp4] [--blocksize N] [--no-double-quant]\n\n"
@@ -40,15 +42,12 @@ int lf_cmd_quantize(int argc, char **argv) {
         int mo = lf_cli_model_option(CMD, argc, argv, &i, &mopt, 1);
         if (mo < 0) return 2;
         if (mo) continue;
-        if (lf_cli_need_value(CMD, argc, argv, i)) return 2;
-        const char *v = argv[++i];
+        const char *v = lf_cli_flag_value(CMD, argc, argv, &i, FLAGS);
+        if (!v) return 2;
         if (!strcmp(a, "--model")) model_dir = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--threads")) { if (lf_cli_parse_i64(CMD, a, v, 0, 4096, &threads)) return 2; }
-        else {
-            lf_cli_error(CMD, "unknown option '%s' (see --help)", a);
-            return 2;
-        }
+        else return lf_cli_unknown_option(CMD, a, FLAGS);
     }
     if (!model_dir || !out) {
         lf_cli_error(CMD, "--model and --out are required (see --help)");

@@ -10,6 +10,8 @@
 #include "model/model.h"
 
 static const char *CMD = "score";
+static const char *const FLAGS[] = {"--model", "--adapter", "--tokens", "--out", "--threads", "--chunk",
+                                    LF_CLI_MODEL_FLAG_NAMES, NULL};
 
 static void help(void) {
     printf("usage: loraforge score --model DIR --tokens \"1 2 3\" --out logits.npy [--threads N] [--chunk N]\n\n"
@@ -37,18 +39,15 @@ int lf_cmd_score(int argc, char **argv) {
         int mo = lf_cli_model_option(CMD, argc, argv, &i, &mopt, 0);
         if (mo < 0) return 2;
         if (mo) continue;
-        if (lf_cli_need_value(CMD, argc, argv, i)) return 2;
-        const char *v = argv[++i];
+        const char *v = lf_cli_flag_value(CMD, argc, argv, &i, FLAGS);
+        if (!v) return 2;
         if (!strcmp(a, "--model")) model_dir = v;
         else if (!strcmp(a, "--adapter")) adapter_dir = v;
         else if (!strcmp(a, "--tokens")) tokens_s = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--threads")) { if (lf_cli_parse_i64(CMD, a, v, 0, 4096, &threads)) return 2; }
         else if (!strcmp(a, "--chunk")) { if (lf_cli_parse_i64(CMD, a, v, 1, 1 << 20, &chunk)) return 2; }
-        else {
-            lf_cli_error(CMD, "unknown option '%s' (see --help)", a);
-            return 2;
-        }
+        else return lf_cli_unknown_option(CMD, a, FLAGS);
     }
     if (!model_dir || !tokens_s || !out) {
         lf_cli_error(CMD, "--model, --tokens and --out are required (see --help)");

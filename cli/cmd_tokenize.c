@@ -73,8 +73,8 @@ static int parse_flags(const char *cmd, int argc, char **argv, const char **mode
             if (lf_cli_need_value(cmd, argc, argv, i)) return 2;
             *model = argv[++i];
         } else {
-            lf_cli_error(cmd, "unknown option '%s' (see --help)", a);
-            return 2;
+            const char *known[] = {"--model", name_a, "--jsonl", stream ? "--stream" : NULL, NULL};
+            return lf_cli_unknown_option(cmd, a, known);
         }
     }
     if (!*model) {

@@ -53,9 +53,18 @@ int main(int argc, char **argv) {
         printf("loraforge %s\n", LF_VERSION);
         return 0;
     }
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    const size_t n = sizeof commands / sizeof commands[0];
+    const char *names[sizeof commands / sizeof commands[0] + 1];
+    for (size_t i = 0; i < n; i++) {
         if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "loraforge: unknown command '%s'\n\n", argv[1]);
+        names[i] = commands[i].name;
+    }
+    names[n] = NULL;
+    const char *near = lf_cli_suggest(argv[1], names);
+    if (argv[1][0] == '-') fprintf(stderr, "loraforge: unknown option '%s'", argv[1]);
+    else fprintf(stderr, "loraforge: unknown command '%s'", argv[1]);
+    if (near) fprintf(stderr, "; did you mean '%s'?", near);
+    fprintf(stderr, "\n\n");
     usage(stderr);
     return 2;
 }

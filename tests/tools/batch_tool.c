@@ -37,6 +37,7 @@
 #include <time.h>
 
 #include "adapters/lora.h"
+#include "bench/bench_args.h" // defines: lf_args_parse
 #include "core/rng.h"
 #include "kernels/backend.h"
 #include "model/model.h"
@@ -345,9 +346,12 @@ static void bad_inputs(const char *dir, lf_backend *be, const lf_model_options *
 
 /* ---- main ---- */
 
+static const char USAGE[] =
+    "usage: batch_tool MODEL_DIR [--q4] [--bs N] [--seqs N] [--max-tokens N] [--max-prompt N] [--max-gen N]\n"
+    "  checks model_batch (the serving forward) against lf_session_forward; seed: env LF_TEST_SEED\n";
+
 static int usage(void) {
-    fprintf(stderr, "usage: batch_tool MODEL_DIR [--q4] [--bs N] [--seqs N] [--max-tokens N] [--max-prompt N] "
-                    "[--max-gen N]\n");
+    fputs(USAGE, stderr);
     return 2;
 }
 
@@ -357,20 +361,19 @@ typedef struct order_item {
 } order_item;
 
 int main(int argc, char **argv) {
-    if (argc < 2) return usage();
-    const char *dir = argv[1];
-    int q4 = 0;
+    const char *dir = NULL;
+    int q4 = 0, npos = 0;
     int64_t BS = 4, nseqs = 32, Tm = 32, max_prompt = 40, max_gen = 8;
-    for (int i = 2; i < argc; i++) {
-        if (!strcmp(argv[i], "--q4")) q4 = 1;
-        else if (i + 1 < argc && !strcmp(argv[i], "--bs")) BS = atoll(argv[++i]);
-        else if (i + 1 < argc && !strcmp(argv[i], "--seqs")) nseqs = atoll(argv[++i]);
-        else if (i + 1 < argc && !strcmp(argv[i], "--max-tokens")) Tm = atoll(argv[++i]);
-        else if (i + 1 < argc && !strcmp(argv[i], "--max-prompt")) max_prompt = atoll(argv[++i]);
-        else if (i + 1 < argc && !strcmp(argv[i], "--max-gen")) max_gen = atoll(argv[++i]);
-        else return usage();
-    }
-    if (BS < 1 || nseqs < 1 || Tm < MAX_RUN + 2 || max_prompt < 1 || max_gen < 1) return usage();
+    const lf_arg_spec flags[] = {LF_FLAG_BOOL("--q4", &q4),
+                                 LF_FLAG_I64("--bs", &BS, 1, 1 << 16),
+                                 LF_FLAG_I64("--seqs", &nseqs, 1, 1 << 20),
+                                 LF_FLAG_I64("--max-tokens", &Tm, MAX_RUN + 2, 1 << 20),
+                                 LF_FLAG_I64("--max-prompt", &max_prompt, 1, 1 << 20),
+                                 LF_FLAG_I64("--max-gen", &max_gen, 1, 1 << 20),
+                                 LF_FLAG_END};
+    int rc = lf_args_parse("batch_tool", USAGE, argc, argv, 1, flags, &dir, 1, &npos);
+    if (rc >= 0) return rc;
+    if (npos != 1) return usage();
     const char *env = getenv("LF_TEST_SEED");
     uint64_t seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
     lf_rng_seed(&rng, seed);

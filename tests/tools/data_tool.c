@@ -19,16 +19,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench/bench_args.h" // defines: lf_args_parse
 #include "core/fileio.h"
 #include "core/log.h"
 #include "finetune/data.h" // defines: lf_data_load, lf_dataset, lf_data_iter_*
 
-static int usage(void) {
-    fprintf(stderr, "usage: data_tool --tokenizer PATH --dataset LIST [--dataset-dir DIR] [--template NAME|model|FILE.jinja]\n"
-                    "       [--eval-dataset LIST] [--cutoff-len N] [--max-samples N] [--val-size X] [--seed S]\n"
-                    "       [--train-on-prompt] [--mask-history] [--packing] [--no-eos] [--stream N] [--rank R --world W]\n");
-    return 2;
-}
+static const char USAGE[] =
+    "usage: data_tool --tokenizer PATH --dataset LIST [--dataset-dir DIR] [--template NAME|model|FILE.jinja]\n"
+    "       [--eval-dataset LIST] [--cutoff-len N] [--max-samples N] [--val-size X] [--seed S]\n"
+    "       [--train-on-prompt] [--mask-history] [--packing] [--no-eos] [--stream N] [--rank R --world W]\n";
 
 static json_t *ints(const int32_t *v, int64_t n) {
     json_t *a = json_array();
@@ -55,36 +54,36 @@ static json_t *dump_set(const lf_dataset *ds) {
 
 int main(int argc, char **argv) {
     const char *tok_path = NULL, *tmpl_arg = "model";
-    long stream = 0;
-    int rank = 0, world = 1;
+    int64_t stream = 0;
+    int rank = 0, world = 1, no_eos = 0;
     lf_data_options o;
     lf_data_default_options(&o);
     o.dataset_dir = ".";
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--train-on-prompt")) o.train_on_prompt = 1;
-        else if (!strcmp(a, "--mask-history")) o.mask_history = 1;
-        else if (!strcmp(a, "--packing")) o.packing = 1;
-        else if (!strcmp(a, "--no-eos")) o.eos_mode = LF_DATA_EOS_NEVER;
-        else if (!v) return usage();
-        else {
-            i++;
-            if (!strcmp(a, "--tokenizer")) tok_path = v;
-            else if (!strcmp(a, "--dataset")) o.dataset = v;
-            else if (!strcmp(a, "--dataset-dir")) o.dataset_dir = v;
-            else if (!strcmp(a, "--template")) tmpl_arg = v;
-            else if (!strcmp(a, "--eval-dataset")) o.eval_dataset = v;
-            else if (!strcmp(a, "--cutoff-len")) o.cutoff_len = strtoll(v, NULL, 10);
-            else if (!strcmp(a, "--max-samples")) o.max_samples = strtoll(v, NULL, 10);
-            else if (!strcmp(a, "--val-size")) o.val_size = strtod(v, NULL);
-            else if (!strcmp(a, "--seed")) o.seed = strtoull(v, NULL, 10);
-            else if (!strcmp(a, "--stream")) stream = strtol(v, NULL, 10);
-            else if (!strcmp(a, "--rank")) rank = atoi(v);
-            else if (!strcmp(a, "--world")) world = atoi(v);
-            else return usage();
-        }
+    /* numbers: any integer / number; finetune/data validates them (tests pass bad ones on purpose) */
+    const lf_arg_spec flags[] = {LF_FLAG_STR("--tokenizer", &tok_path),
+                                 LF_FLAG_STR("--dataset", &o.dataset),
+                                 LF_FLAG_STR("--dataset-dir", &o.dataset_dir),
+                                 LF_FLAG_STR("--template", &tmpl_arg),
+                                 LF_FLAG_STR("--eval-dataset", &o.eval_dataset),
+                                 LF_FLAG_I64("--cutoff-len", &o.cutoff_len, 0, 0),
+                                 LF_FLAG_I64("--max-samples", &o.max_samples, 0, 0),
+                                 LF_FLAG_F64("--val-size", &o.val_size, 0, 0),
+                                 LF_FLAG_U64("--seed", &o.seed),
+                                 LF_FLAG_I64("--stream", &stream, 0, 1 << 30),
+                                 LF_FLAG_INT("--rank", &rank, 0, 0),
+                                 LF_FLAG_INT("--world", &world, 0, 0),
+                                 LF_FLAG_BOOL("--train-on-prompt", &o.train_on_prompt),
+                                 LF_FLAG_BOOL("--mask-history", &o.mask_history),
+                                 LF_FLAG_BOOL("--packing", &o.packing),
+                                 LF_FLAG_BOOL("--no-eos", &no_eos),
+                                 LF_FLAG_END};
+    int arc = lf_args_parse("data_tool", USAGE, argc, argv, 1, flags, NULL, 0, NULL);
+    if (arc >= 0) return arc;
+    if (no_eos) o.eos_mode = LF_DATA_EOS_NEVER;
+    if (!tok_path || !o.dataset) {
+        fprintf(stderr, "data_tool: --tokenizer and --dataset are required\n%s", USAGE);
+        return 2;
     }
-    if (!tok_path || !o.dataset) return usage();
     lf_log_set_level(LF_LOG_ERROR);
 
     lf_err err = {0};
@@ -132,7 +131,7 @@ int main(int argc, char **argv) {
             st = lf_err_set(&err, LF_ENOMEM, "out of memory for %lld tokens", (long long)cap);
             goto fail;
         }
-        for (long s = 0; s < stream; s++) {
+        for (int64_t s = 0; s < stream; s++) {
             int64_t n = 0;
             LF_TRY(lf_data_iter_next(it, cap, tk, tg, ps, &n, &err));
             json_array_append_new(seqs, json_pack("{s:o, s:o, s:o}", "tokens", ints(tk, n), "targets", ints(tg, n), "pos",

@@ -25,18 +25,21 @@
 
 #include "adapters/lora.h"
 #include "adapters/peft_io.h"
+#include "bench/bench_args.h" // defines: lf_args_parse
 #include "core/safetensors.h"
 #include "model/config.h"
 
+static const char USAGE[] = "usage: lora_tool roundtrip IN_DIR OUT_DIR --model-config DIR [--dtype F32|BF16|F16]\n"
+                            "       lora_tool init OUT_DIR --model-config DIR [--config adapter_config.json] [--seed N]\n"
+                            "                 [--r R] [--alpha A] [--dropout P]\n"
+                            "                 [--targets LIST|all] [--target-regex RE] [--target-names a,b]\n"
+                            "                 [--rank-pattern K=R,..] [--alpha-pattern K=A,..] [--rslora] [--dora]\n"
+                            "                 [--init true|false|gaussian] [--base-model NAME] [--dtype F32|BF16|F16]\n"
+                            "       lora_tool merge ADAPTER_DIR --model DIR OUT.safetensors\n"
+                            "       lora_tool info ADAPTER_DIR --model-config DIR\n";
+
 static int usage(void) {
-    fprintf(stderr, "usage: lora_tool roundtrip IN_DIR OUT_DIR --model-config DIR [--dtype F32|BF16|F16]\n"
-                    "       lora_tool init OUT_DIR --model-config DIR [--config adapter_config.json] [--seed N]\n"
-                    "                 [--r R] [--alpha A] [--dropout P]\n"
-                    "                 [--targets LIST|all] [--target-regex RE] [--target-names a,b]\n"
-                    "                 [--rank-pattern K=R,..] [--alpha-pattern K=A,..] [--rslora] [--dora]\n"
-                    "                 [--init true|false|gaussian] [--base-model NAME] [--dtype F32|BF16|F16]\n"
-                    "       lora_tool merge ADAPTER_DIR --model DIR OUT.safetensors\n"
-                    "       lora_tool info ADAPTER_DIR --model-config DIR\n");
+    fputs(USAGE, stderr);
     return 2;
 }
 
@@ -100,9 +103,7 @@ static lf_dtype parse_dtype(const char *s) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) return usage();
-    const char *cmd = argv[1];
-    const char *pos[3] = {0};
+    const char *args[4] = {0}, *const *pos = args + 1; /* the command, then its positionals */
     int npos = 0;
     const char *model_cfg = NULL, *model = NULL, *dtype_s = "F32", *targets = NULL, *regex = NULL, *names = NULL;
     const char *rank_pat = NULL, *alpha_pat = NULL, *init_s = NULL, *base_model = NULL, *config = NULL;
@@ -110,32 +111,30 @@ int main(int argc, char **argv) {
     int64_t r = -1;               /* -1 / NAN: not given */
     double alpha = NAN, dropout = NAN;
     int rslora = 0, dora = 0;
-    for (int i = 2; i < argc; i++) {
-        const char *a = argv[i];
-        int has = i + 1 < argc;
-#define OPT(flag) (!strcmp(a, flag) && has)
-        if (OPT("--model-config")) model_cfg = argv[++i];
-        else if (OPT("--model")) model = argv[++i];
-        else if (OPT("--config")) config = argv[++i];
-        else if (OPT("--dtype")) dtype_s = argv[++i];
-        else if (OPT("--seed")) seed = strtoull(argv[++i], NULL, 10);
-        else if (OPT("--r")) r = strtoll(argv[++i], NULL, 10);
-        else if (OPT("--alpha")) alpha = atof(argv[++i]);
-        else if (OPT("--dropout")) dropout = atof(argv[++i]);
-        else if (OPT("--targets")) targets = argv[++i];
-        else if (OPT("--target-regex")) regex = argv[++i];
-        else if (OPT("--target-names")) names = argv[++i];
-        else if (OPT("--rank-pattern")) rank_pat = argv[++i];
-        else if (OPT("--alpha-pattern")) alpha_pat = argv[++i];
-        else if (OPT("--init")) init_s = argv[++i];
-        else if (OPT("--base-model")) base_model = argv[++i];
-        else if (!strcmp(a, "--rslora")) rslora = 1;
-        else if (!strcmp(a, "--dora")) dora = 1;
-        else if (a[0] == '-' && a[1] == '-') return usage();
-        else if (npos < 3) pos[npos++] = a;
-        else return usage();
-#undef OPT
-    }
+    /* numbers: any value (lf_lora / lf_peft validate them; tests pass bad ones on purpose) */
+    const lf_arg_spec flags[] = {LF_FLAG_STR("--model-config", &model_cfg),
+                                 LF_FLAG_STR("--model", &model),
+                                 LF_FLAG_STR("--config", &config),
+                                 LF_FLAG_STR("--dtype", &dtype_s),
+                                 LF_FLAG_U64("--seed", &seed),
+                                 LF_FLAG_I64("--r", &r, 0, 0),
+                                 LF_FLAG_F64("--alpha", &alpha, 0, 0),
+                                 LF_FLAG_F64("--dropout", &dropout, 0, 0),
+                                 LF_FLAG_STR("--targets", &targets),
+                                 LF_FLAG_STR("--target-regex", &regex),
+                                 LF_FLAG_STR("--target-names", &names),
+                                 LF_FLAG_STR("--rank-pattern", &rank_pat),
+                                 LF_FLAG_STR("--alpha-pattern", &alpha_pat),
+                                 LF_FLAG_STR("--init", &init_s),
+                                 LF_FLAG_STR("--base-model", &base_model),
+                                 LF_FLAG_BOOL("--rslora", &rslora),
+                                 LF_FLAG_BOOL("--dora", &dora),
+                                 LF_FLAG_END};
+    int arc = lf_args_parse("lora_tool", USAGE, argc, argv, 1, flags, args, 4, &npos);
+    if (arc >= 0) return arc;
+    if (npos < 1) return usage();
+    const char *cmd = args[0];
+    npos--; /* positionals after the command */
     lf_err err = {0};
     lf_model_config mc;
     lf_lora_adapter *ad = NULL;
@@ -256,5 +255,6 @@ int main(int argc, char **argv) {
         lf_lora_free(ad);
         return 0;
     }
+    fprintf(stderr, "lora_tool: unknown command '%s'\n", cmd);
     return usage();
 }

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench/bench_args.h" // defines: lf_args_parse, lf_args_i64
 #include "core/fileio.h"
 #include "core/threadpool.h"
 #include "finetune/optim.h"
@@ -38,56 +39,47 @@ typedef struct opts {
     const char *sched, *title;
 } opts;
 
+static const char USAGE[] = "usage: optim_tool adamw N STEPS P0.f32 GRADS.f32 OUTPREFIX [options]\n"
+                            "       optim_tool sched NAME COUNT OUT.f64 [options]\n"
+                            "       optim_tool smooth IN.f64 OUT.f64\n"
+                            "       optim_tool plot OUT.svg TRAIN.f64 EVAL.f64|- [--title T]\n";
+
 static int usage(void) {
-    fprintf(stderr, "usage: optim_tool adamw N STEPS P0.f32 GRADS.f32 OUTPREFIX [options]\n"
-                    "       optim_tool sched NAME COUNT OUT.f64 [options]\n"
-                    "       optim_tool smooth IN.f64 OUT.f64\n"
-                    "       optim_tool plot OUT.svg TRAIN.f64 EVAL.f64|- [--title T]\n");
+    fputs(USAGE, stderr);
     return 2;
 }
 
-static int parse_opts(int argc, char **argv, opts *o) {
+/* The options (any number: the schedule / optimizer checks validate them; the oracle passes bad ones) and
+ * positionals (the command first) of every command. -1: go on; else the exit code. */
+static int parse_args(int argc, char **argv, opts *o, const char **pos, int maxpos, int *npos) {
     lf_adamw_cfg c = lf_adamw_default_cfg();
     *o = (opts){.lr = 1e-3, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps, .wd = c.weight_decay, .total = -1,
                 .min_lr = NAN, .min_lr_rate = NAN, .resume_at = -1, .threads = 1, .simd = 1, .sched = "constant"};
-    for (int i = 0; i < argc; i += 2) {
-        const char *k = argv[i];
-        if (i + 1 >= argc) {
-            fprintf(stderr, "optim_tool: option %s needs a value\n", k);
-            return 0;
-        }
-        const char *v = argv[i + 1];
-        double d = strtod(v, NULL);
-        int64_t n = strtoll(v, NULL, 10);
-        if (!strcmp(k, "--lr")) o->lr = d;
-        else if (!strcmp(k, "--beta1")) o->beta1 = d;
-        else if (!strcmp(k, "--beta2")) o->beta2 = d;
-        else if (!strcmp(k, "--eps")) o->eps = d;
-        else if (!strcmp(k, "--wd")) o->wd = d;
-        else if (!strcmp(k, "--sched")) o->sched = v;
-        else if (!strcmp(k, "--warmup")) o->warmup = n;
-        else if (!strcmp(k, "--warmup-ratio")) o->warmup_ratio = d;
-        else if (!strcmp(k, "--total")) o->total = n;
-        else if (!strcmp(k, "--max-norm")) o->max_norm = d;
-        else if (!strcmp(k, "--threads")) o->threads = (int)n;
-        else if (!strcmp(k, "--simd")) o->simd = (int)n;
-        else if (!strcmp(k, "--resume-at")) o->resume_at = n;
-        else if (!strcmp(k, "--num-cycles")) o->num_cycles = d, o->has_num_cycles = 1;
-        else if (!strcmp(k, "--lr-end")) o->lr_end = d, o->has_lr_end = 1;
-        else if (!strcmp(k, "--power")) o->power = d, o->has_power = 1;
-        else if (!strcmp(k, "--timescale")) o->timescale = n;
-        else if (!strcmp(k, "--min-lr")) o->min_lr = d;
-        else if (!strcmp(k, "--min-lr-rate")) o->min_lr_rate = d;
-        else if (!strcmp(k, "--stable")) o->stable = n;
-        else if (!strcmp(k, "--decay")) o->decay = n;
-        else if (!strcmp(k, "--min-lr-ratio")) o->min_lr_ratio = d;
-        else if (!strcmp(k, "--title")) o->title = v;
-        else {
-            fprintf(stderr, "optim_tool: unknown option %s\n", k);
-            return 0;
-        }
-    }
-    return 1;
+    const lf_arg_spec flags[] = {LF_FLAG_F64("--lr", &o->lr, 0, 0),
+                                 LF_FLAG_F64("--beta1", &o->beta1, 0, 0),
+                                 LF_FLAG_F64("--beta2", &o->beta2, 0, 0),
+                                 LF_FLAG_F64("--eps", &o->eps, 0, 0),
+                                 LF_FLAG_F64("--wd", &o->wd, 0, 0),
+                                 LF_FLAG_STR("--sched", &o->sched),
+                                 LF_FLAG_I64("--warmup", &o->warmup, 0, 0),
+                                 LF_FLAG_F64("--warmup-ratio", &o->warmup_ratio, 0, 0),
+                                 LF_FLAG_I64("--total", &o->total, 0, 0),
+                                 LF_FLAG_F64("--max-norm", &o->max_norm, 0, 0),
+                                 LF_FLAG_INT("--threads", &o->threads, 0, 0),
+                                 LF_FLAG_INT("--simd", &o->simd, 0, 0),
+                                 LF_FLAG_I64("--resume-at", &o->resume_at, 0, 0),
+                                 {"--num-cycles", LF_ARG_F64, &o->num_cycles, .seen = &o->has_num_cycles},
+                                 {"--lr-end", LF_ARG_F64, &o->lr_end, .seen = &o->has_lr_end},
+                                 {"--power", LF_ARG_F64, &o->power, .seen = &o->has_power},
+                                 LF_FLAG_I64("--timescale", &o->timescale, 0, 0),
+                                 LF_FLAG_F64("--min-lr", &o->min_lr, 0, 0),
+                                 LF_FLAG_F64("--min-lr-rate", &o->min_lr_rate, 0, 0),
+                                 LF_FLAG_I64("--stable", &o->stable, 0, 0),
+                                 LF_FLAG_I64("--decay", &o->decay, 0, 0),
+                                 LF_FLAG_F64("--min-lr-ratio", &o->min_lr_ratio, 0, 0),
+                                 LF_FLAG_STR("--title", &o->title),
+                                 LF_FLAG_END};
+    return lf_args_parse("optim_tool", USAGE, argc, argv, 1, flags, pos, maxpos, npos);
 }
 
 static int make_sched(const opts *o, int64_t total, lf_sched *s) {
@@ -141,12 +133,13 @@ static int write_raw(const char *prefix, const char *suffix, const void *data, s
     return 1;
 }
 
-static int cmd_adamw(int argc, char **argv) {
-    if (argc < 5) return usage();
-    int64_t n = strtoll(argv[0], NULL, 10), steps = strtoll(argv[1], NULL, 10);
+static int cmd_adamw(int argc, const char **argv, opts o) {
+    if (argc != 5) return usage();
+    int64_t n = 0, steps = 0;
+    if (lf_args_i64("optim_tool", "N", argv[0], 1, INT32_MAX, &n) ||
+        lf_args_i64("optim_tool", "STEPS", argv[1], 1, INT32_MAX, &steps))
+        return 2;
     const char *prefix = argv[4];
-    opts o;
-    if (n < 1 || steps < 1 || !parse_opts(argc - 5, argv + 5, &o)) return usage();
     int rc = 1;
     lf_err err;
     lf_pool *pool = NULL;
@@ -209,11 +202,10 @@ done:
     return rc;
 }
 
-static int cmd_sched(int argc, char **argv) {
-    if (argc < 3) return usage();
-    int64_t count = strtoll(argv[1], NULL, 10);
-    opts o;
-    if (count < 0 || !parse_opts(argc - 3, argv + 3, &o)) return usage();
+static int cmd_sched(int argc, const char **argv, opts o) {
+    if (argc != 3) return usage();
+    int64_t count = 0;
+    if (lf_args_i64("optim_tool", "COUNT", argv[1], 0, INT32_MAX, &count)) return 2;
     o.sched = argv[0];
     lf_sched s;
     if (!make_sched(&o, o.total >= 0 ? o.total : 0, &s)) return 1;
@@ -227,7 +219,7 @@ static int cmd_sched(int argc, char **argv) {
     return 0;
 }
 
-static int cmd_smooth(int argc, char **argv) {
+static int cmd_smooth(int argc, const char **argv) {
     if (argc != 2) return usage();
     char *raw = NULL;
     size_t n = 0;
@@ -278,10 +270,8 @@ static int read_pairs(const char *path, int64_t **steps, double **vals, int64_t 
     return 1;
 }
 
-static int cmd_plot(int argc, char **argv) {
-    if (argc < 3) return usage();
-    opts o;
-    if (!parse_opts(argc - 3, argv + 3, &o)) return usage();
+static int cmd_plot(int argc, const char **argv, opts o) {
+    if (argc != 3) return usage();
     int64_t *ts = NULL, *es = NULL;
     double *tl = NULL, *el = NULL;
     int64_t nt = 0, ne = 0;
@@ -300,10 +290,16 @@ done:
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) return usage();
-    if (!strcmp(argv[1], "adamw")) return cmd_adamw(argc - 2, argv + 2);
-    if (!strcmp(argv[1], "sched")) return cmd_sched(argc - 2, argv + 2);
-    if (!strcmp(argv[1], "smooth")) return cmd_smooth(argc - 2, argv + 2);
-    if (!strcmp(argv[1], "plot")) return cmd_plot(argc - 2, argv + 2);
+    const char *pos[6];
+    int npos = 0;
+    opts o;
+    int rc = parse_args(argc, argv, &o, pos, 6, &npos);
+    if (rc >= 0) return rc;
+    const char *cmd = npos ? pos[0] : "";
+    if (!strcmp(cmd, "adamw")) return cmd_adamw(npos - 1, pos + 1, o);
+    if (!strcmp(cmd, "sched")) return cmd_sched(npos - 1, pos + 1, o);
+    if (!strcmp(cmd, "smooth")) return cmd_smooth(npos - 1, pos + 1);
+    if (!strcmp(cmd, "plot")) return cmd_plot(npos - 1, pos + 1, o);
+    if (npos) fprintf(stderr, "optim_tool: unknown command '%s'\n", cmd);
     return usage();
 }

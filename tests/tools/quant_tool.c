@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench/bench_args.h" // defines: lf_args_parse, lf_args_i64
 #include "core/fileio.h"
 #include "quant/quant.h"
 
@@ -28,36 +29,50 @@ static int write_file(const char *prefix, const char *suffix, const void *data, 
     return 0;
 }
 
+static const char USAGE[] = "usage: quant_tool map OUT.f32\n"
+                            "       quant_tool quant IN.f32 ROWS COLS BLOCKSIZE nf4|fp4 DQ OUTPREFIX\n";
+
 int main(int argc, char **argv) {
-    if (argc == 3 && strcmp(argv[1], "map") == 0) {
+    const char *a[8];
+    int npos = 0, arc = lf_args_parse("quant_tool", USAGE, argc, argv, 1, NULL, a, 8, &npos);
+    if (arc >= 0) return arc;
+    if (npos == 2 && strcmp(a[0], "map") == 0) {
         float map[LF_QUANT_DYN_MAP_SIZE];
         lf_quant_dynamic_map_signed(map);
-        return write_file(argv[2], "", map, sizeof(map));
+        return write_file(a[1], "", map, sizeof(map));
     }
-    if (argc != 9 || strcmp(argv[1], "quant") != 0) {
-        fprintf(stderr, "usage: quant_tool map OUT.f32\n"
-                        "       quant_tool quant IN.f32 ROWS COLS BLOCKSIZE nf4|fp4 DQ OUTPREFIX\n");
+    if (npos != 8 || strcmp(a[0], "quant") != 0) {
+        fputs(USAGE, stderr);
         return 2;
     }
-    int64_t rows = strtoll(argv[3], NULL, 10), cols = strtoll(argv[4], NULL, 10), B = strtoll(argv[5], NULL, 10);
-    lf_quant_type type = strcmp(argv[6], "fp4") == 0 ? LF_QUANT_FP4 : LF_QUANT_NF4;
-    int dq = atoi(argv[7]);
-    const char *pre = argv[8];
+    /* sizes: any integer (lf_quant_quantize validates them); DQ 0 or 1; the type nf4 or fp4 */
+    int64_t rows = 0, cols = 0, B = 0, dq = 0;
+    if (lf_args_i64("quant_tool", "ROWS", a[2], INT64_MIN, INT64_MAX, &rows) ||
+        lf_args_i64("quant_tool", "COLS", a[3], INT64_MIN, INT64_MAX, &cols) ||
+        lf_args_i64("quant_tool", "BLOCKSIZE", a[4], INT64_MIN, INT64_MAX, &B) ||
+        lf_args_i64("quant_tool", "DQ", a[6], 0, 1, &dq))
+        return 2;
+    if (strcmp(a[5], "nf4") != 0 && strcmp(a[5], "fp4") != 0) {
+        fprintf(stderr, "quant_tool: type '%s': accepted values are nf4 or fp4\n", a[5]);
+        return 2;
+    }
+    lf_quant_type type = strcmp(a[5], "fp4") == 0 ? LF_QUANT_FP4 : LF_QUANT_NF4;
+    const char *pre = a[7];
     char *buf = NULL;
     size_t len = 0;
     lf_err err;
-    if (lf_file_read_all(argv[2], &buf, &len, &err)) {
+    if (lf_file_read_all(a[1], &buf, &len, &err)) {
         fprintf(stderr, "quant_tool: %s\n", err.msg);
         return 1;
     }
     if ((int64_t)(len / 4) != rows * cols) {
-        fprintf(stderr, "quant_tool: %s has %zu bytes, shape [%lld, %lld] needs %lld\n", argv[2], len, (long long)rows,
+        fprintf(stderr, "quant_tool: %s has %zu bytes, shape [%lld, %lld] needs %lld\n", a[1], len, (long long)rows,
                 (long long)cols, (long long)(rows * cols * 4));
         free(buf);
         return 1;
     }
     lf_quant_state st;
-    if (lf_quant_quantize(&st, buf, LF_DTYPE_F32, rows, cols, B, type, dq, &err)) {
+    if (lf_quant_quantize(&st, buf, LF_DTYPE_F32, rows, cols, B, type, (int)dq, &err)) {
         fprintf(stderr, "quant_tool: %s\n", err.msg);
         free(buf);
         return 1;

@@ -27,14 +27,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench/bench_args.h"   // defines: lf_args_parse
 #include "core/safetensors.h" // defines: lf_st_*, lf_dtype
 
 #define EXTRA_NAME "extra.name \"q\" \\ \t caf\xc3\xa9"
 
+static const char USAGE[] = "usage: st_tool write OUT.safetensors [--dtypes F32,BF16,...]\n"
+                            "       st_tool copy IN.safetensors OUT.safetensors\n"
+                            "       st_tool read IN.safetensors\n";
+
 static int usage(void) {
-    fprintf(stderr, "usage: st_tool write OUT.safetensors [--dtypes F32,BF16,...]\n"
-                    "       st_tool copy IN.safetensors OUT.safetensors\n"
-                    "       st_tool read IN.safetensors\n");
+    fputs(USAGE, stderr);
     return 2;
 }
 
@@ -181,12 +184,20 @@ static int cmd_read(const char *in) {
 }
 
 int main(int argc, char **argv) {
-    if (argc >= 3 && strcmp(argv[1], "write") == 0) {
-        if (argc == 3) return cmd_write(argv[2], NULL);
-        if (argc == 5 && strcmp(argv[3], "--dtypes") == 0) return cmd_write(argv[2], argv[4]);
-        return usage();
+    const char *pos[3], *dtypes = NULL;
+    int npos = 0;
+    const lf_arg_spec flags[] = {LF_FLAG_STR("--dtypes", &dtypes), LF_FLAG_END};
+    int rc = lf_args_parse("st_tool", USAGE, argc, argv, 1, flags, pos, 3, &npos);
+    if (rc >= 0) return rc;
+    const char *cmd = npos ? pos[0] : "";
+    if (dtypes && strcmp(cmd, "write") != 0) {
+        fprintf(stderr, "st_tool: --dtypes is an option of st_tool write only\n");
+        return 2;
     }
-    if (argc == 3 && strcmp(argv[1], "read") == 0) return cmd_read(argv[2]);
-    if (argc == 4 && strcmp(argv[1], "copy") == 0) return cmd_copy(argv[2], argv[3]);
+    if (npos == 2 && !strcmp(cmd, "write")) return cmd_write(pos[1], dtypes);
+    if (npos == 2 && !strcmp(cmd, "read")) return cmd_read(pos[1]);
+    if (npos == 3 && !strcmp(cmd, "copy")) return cmd_copy(pos[1], pos[2]);
+    if (npos && strcmp(cmd, "write") && strcmp(cmd, "read") && strcmp(cmd, "copy"))
+        fprintf(stderr, "st_tool: unknown command '%s'\n", cmd);
     return usage();
 }

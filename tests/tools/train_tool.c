@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "adapters/peft_io.h"
+#include "bench/bench_args.h" // defines: lf_args_parse
 #include "core/safetensors.h"
 #include "model/model.h"
 #include "model/model_train.h"
@@ -47,30 +48,31 @@ static int parse_ids(const char *s, int32_t **out, int64_t *n) {
     return 0;
 }
 
+static const char USAGE[] =
+    "usage: train_tool --model DIR --adapter DIR --tokens IDS --targets IDS --pos P --out FILE\n"
+    "                  [--quantization-bit 4] [--dscale X] [--checkpointing] [--threads N] [--seqs K]\n";
+
 int main(int argc, char **argv) {
     const char *model = NULL, *adapter = NULL, *toks = NULL, *tgts = NULL, *poss = NULL, *out = NULL;
     double dscale = 1.0;
     int ckpt = 0, threads = 0, seqs = 1;
     lf_model_options mo = lf_model_default_options();
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--checkpointing")) { ckpt = 1; continue; }
-        if (i + 1 >= argc) { fprintf(stderr, "train_tool: %s needs a value\n", a); return 2; }
-        const char *v = argv[++i];
-        if (!strcmp(a, "--model")) model = v;
-        else if (!strcmp(a, "--adapter")) adapter = v;
-        else if (!strcmp(a, "--tokens")) toks = v;
-        else if (!strcmp(a, "--targets")) tgts = v;
-        else if (!strcmp(a, "--pos")) poss = v;
-        else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--dscale")) dscale = atof(v);
-        else if (!strcmp(a, "--threads")) threads = atoi(v);
-        else if (!strcmp(a, "--seqs")) seqs = atoi(v);
-        else if (!strcmp(a, "--quantization-bit")) mo.quant_bits = atoi(v);
-        else { fprintf(stderr, "train_tool: unknown option %s\n", a); return 2; }
-    }
-    if (!model || !adapter || !toks || !tgts || !poss || !out || seqs < 1) {
-        fprintf(stderr, "usage: train_tool --model DIR --adapter DIR --tokens IDS --targets IDS --pos P --out FILE\n");
+    const lf_arg_spec flags[] = {LF_FLAG_STR("--model", &model),
+                                 LF_FLAG_STR("--adapter", &adapter),
+                                 LF_FLAG_STR("--tokens", &toks),
+                                 LF_FLAG_STR("--targets", &tgts),
+                                 LF_FLAG_STR("--pos", &poss),
+                                 LF_FLAG_STR("--out", &out),
+                                 LF_FLAG_F64("--dscale", &dscale, -1e30, 1e30),
+                                 LF_FLAG_INT("--threads", &threads, 0, 4096),
+                                 LF_FLAG_INT("--seqs", &seqs, 1, 1 << 20),
+                                 LF_FLAG_INT("--quantization-bit", &mo.quant_bits, 0, 4),
+                                 LF_FLAG_BOOL("--checkpointing", &ckpt),
+                                 LF_FLAG_END};
+    int arc = lf_args_parse("train_tool", USAGE, argc, argv, 1, flags, NULL, 0, NULL);
+    if (arc >= 0) return arc;
+    if (!model || !adapter || !toks || !tgts || !poss || !out) {
+        fprintf(stderr, "train_tool: --model, --adapter, --tokens, --targets, --pos and --out are required\n%s", USAGE);
         return 2;
     }
     int32_t *tok = NULL, *tgt = NULL, *pos = NULL;
