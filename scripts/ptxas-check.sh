@@ -15,7 +15,7 @@ for f in kernels/cuda/*.cu; do
       echo "FAIL $f sm_$a: compile error"; sed -n 1,20p "$log"; fail=$((fail+1)); continue
     fi
     spills=$(grep -E "bytes spill" "$log" | grep -cv " 0 bytes spill stores, 0 bytes spill loads" || true)
-    regs=$(grep -oE "Used [0-9]+ registers" "$log" | awk '{print $2}' | sort -n | tail -1)
+    regs=$(grep -oE "Used [0-9]+ registers" "$log" | awk '{print $2}' | sort -n | tail -1 || true)
     if [ "$spills" != "0" ]; then
       echo "FAIL $f sm_$a: $spills kernel(s) spill"; grep -B1 -E "bytes spill" "$log" | grep -v " 0 bytes spill" | head -10
       fail=$((fail+1))
