@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "cli/cli.h"
+#include "cli/cli_device.h"
 #include "kernels/backend.h"
 #include "adapters/lora.h"
 #include "model/model.h"
@@ -13,7 +14,7 @@
 
 static const char *CMD = "generate";
 static const char *const FLAGS[] = {"--model", "--adapter", "--tokens", "--prompt", "--max-new-tokens",
-                                    "--temperature", "--top-k", "--top-p", "--seed", "--threads", "--ignore-eos",
+                                    "--temperature", "--top-k", "--top-p", "--seed", "--threads", "--ignore-eos", "--device",
                                     LF_CLI_MODEL_FLAG_NAMES, NULL};
 
 static void help(void) {
@@ -31,7 +32,7 @@ static void help(void) {
            "  --top-p P             nucleus sampling mass in (0, 1] (default 1 = off)\n"
            "  --seed S              sampling seed (default 0)\n"
            "  --ignore-eos          keep generating after an EOS token\n"
-           "  --threads N           CPU threads (default: all cores)\n" LF_CLI_MODEL_OPTIONS_HELP);
+           "  --threads N           CPU threads (default: all cores)\n" LF_CLI_MODEL_OPTIONS_HELP LF_CLI_DEVICE_HELP);
 }
 
 static double now_s(void) {
@@ -46,6 +47,7 @@ int lf_cmd_generate(int argc, char **argv) {
     double temperature = 0.0, top_p = 1.0;
     int ignore_eos = 0;
     lf_model_options mopt = lf_model_default_options();
+    lf_cli_device device = {2, 0}; /* auto */
     const char *adapter_dir = NULL;
     lf_lora_adapter *adapter = NULL;
     for (int i = 1; i < argc; i++) {
@@ -73,6 +75,7 @@ int lf_cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--top-k")) bad = lf_cli_parse_i64(CMD, a, v, 0, INT32_MAX, &top_k);
         else if (!strcmp(a, "--top-p")) bad = lf_cli_parse_f64(CMD, a, v, 1e-9, 1.0, &top_p);
         else if (!strcmp(a, "--seed")) bad = lf_cli_parse_i64(CMD, a, v, 0, INT64_MAX, &seed);
+        else if (!strcmp(a, "--device")) { if (lf_cli_device_parse(CMD, v, &device)) return 2; }
         else if (!strcmp(a, "--threads")) bad = lf_cli_parse_i64(CMD, a, v, 0, 4096, &threads);
         else return lf_cli_unknown_option(CMD, a, FLAGS);
         if (bad) return 2;
@@ -107,15 +110,12 @@ int lf_cmd_generate(int argc, char **argv) {
     } else if (lf_cli_parse_tokens(CMD, tokens_s, &tokens, &T)) {
         return 2;
     }
-    lf_backend *be = lf_backend_cpu_create((int)threads);
+    lf_backend *be = NULL;
     lf_model *m = NULL;
     lf_session *s = NULL;
     lf_sampler *smp = NULL;
     float *logits = NULL;
-    if (!be) {
-        lf_cli_error(CMD, "cannot create the cpu backend");
-        goto done;
-    }
+    if (lf_cli_device_backend(CMD, &device, (int)threads, &be)) goto done;
     if (lf_model_load_opts(model_dir, be, &mopt, &m, &err)) {
         lf_cli_error(CMD, "%s", err.msg);
         goto done;

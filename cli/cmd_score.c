@@ -4,13 +4,14 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/cli_device.h"
 #include "core/npy.h"
 #include "kernels/backend.h"
 #include "adapters/lora.h"
 #include "model/model.h"
 
 static const char *CMD = "score";
-static const char *const FLAGS[] = {"--model", "--adapter", "--tokens", "--out", "--threads", "--chunk",
+static const char *const FLAGS[] = {"--model", "--adapter", "--tokens", "--out", "--threads", "--chunk", "--device",
                                     LF_CLI_MODEL_FLAG_NAMES, NULL};
 
 static void help(void) {
@@ -21,13 +22,14 @@ static void help(void) {
            "  --tokens IDS    token ids separated by spaces or commas\n"
            "  --out FILE      output .npy path (written atomically)\n"
            "  --threads N     CPU threads (default: all cores)\n"
-           "  --chunk N       prefill chunk size in tokens (default 512)\n" LF_CLI_MODEL_OPTIONS_HELP);
+           "  --chunk N       prefill chunk size in tokens (default 512)\n" LF_CLI_MODEL_OPTIONS_HELP LF_CLI_DEVICE_HELP);
 }
 
 int lf_cmd_score(int argc, char **argv) {
     const char *model_dir = NULL, *tokens_s = NULL, *out = NULL;
     int64_t threads = 0, chunk = 512;
     lf_model_options mopt = lf_model_default_options();
+    lf_cli_device device = {2, 0}; /* auto */
     const char *adapter_dir = NULL;
     lf_lora_adapter *adapter = NULL;
     for (int i = 1; i < argc; i++) {
@@ -45,6 +47,7 @@ int lf_cmd_score(int argc, char **argv) {
         else if (!strcmp(a, "--adapter")) adapter_dir = v;
         else if (!strcmp(a, "--tokens")) tokens_s = v;
         else if (!strcmp(a, "--out")) out = v;
+        else if (!strcmp(a, "--device")) { if (lf_cli_device_parse(CMD, v, &device)) return 2; }
         else if (!strcmp(a, "--threads")) { if (lf_cli_parse_i64(CMD, a, v, 0, 4096, &threads)) return 2; }
         else if (!strcmp(a, "--chunk")) { if (lf_cli_parse_i64(CMD, a, v, 1, 1 << 20, &chunk)) return 2; }
         else return lf_cli_unknown_option(CMD, a, FLAGS);
@@ -58,14 +61,11 @@ int lf_cmd_score(int argc, char **argv) {
     if (lf_cli_parse_tokens(CMD, tokens_s, &tokens, &T)) return 2;
     int rc = 1;
     lf_err err = {0};
-    lf_backend *be = lf_backend_cpu_create((int)threads);
+    lf_backend *be = NULL;
     lf_model *m = NULL;
     lf_session *s = NULL;
     float *logits = NULL;
-    if (!be) {
-        lf_cli_error(CMD, "cannot create the cpu backend");
-        goto done;
-    }
+    if (lf_cli_device_backend(CMD, &device, (int)threads, &be)) goto done;
     if (lf_model_load_opts(model_dir, be, &mopt, &m, &err)) {
         lf_cli_error(CMD, "%s", err.msg);
         goto done;

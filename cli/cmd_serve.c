@@ -13,7 +13,8 @@
 
 #include "cli/cli.h"               // defines: lf_cli_error, lf_cli_parse_i64, lf_cli_model_option
 #include "core/log.h"              // defines: LF_LOG
-#include "kernels/backend.h"       // defines: lf_backend_cpu_create
+#include "cli/cli_device.h"        // defines: lf_cli_device_*
+#include "kernels/backend.h"       // defines: lf_backend_free
 #include "model/chat_template.h"   // defines: lf_chat_template_*
 #include "model/model.h"           // defines: lf_model_load_opts
 #include "model/tokenizer.h"       // defines: lf_tokenizer_load
@@ -62,6 +63,7 @@ static void help(void) {
            "  --idle-timeout S        seconds an idle keep-alive connection is kept (default 75)\n"
            "  --http-threads N        handler threads, started on demand (default 256); /ping never needs one\n"
            LF_CLI_MODEL_OPTIONS_HELP
+           LF_CLI_DEVICE_HELP
            "\nEnvironment (flags win): SAGEMAKER_BIND_TO_PORT (port), OPTION_MAX_LORAS or SM_VLLM_MAX_LORAS,\n"
            "OPTION_MAX_LORA_RANK or SM_VLLM_MAX_LORA_RANK, OPTION_MAX_MODEL_LEN or SM_VLLM_MAX_MODEL_LEN,\n"
            "OPTION_MAX_ROLLING_BATCH_SIZE (max batch size), OPTION_TGI_COMPAT=true|false,\n"
@@ -124,6 +126,7 @@ typedef struct serve_cfg {
     int64_t max_loras, max_lora_rank, threads;
     int tgi_compat, sse;
     int64_t max_connections, header_timeout_s, body_timeout_s, idle_timeout_s, http_threads;
+    lf_cli_device device;
     lf_model_options mopt;
 } serve_cfg;
 
@@ -215,7 +218,7 @@ static int parse_args(serve_cfg *c, int argc, char **argv, int *help_shown) {
                                             "--kv-cache-memory", "--block-size", "--max-loras", "--max-lora-rank",
                                             "--threads", "--stream-format", "--served-model-name",
                                             "--max-connections", "--header-timeout", "--body-timeout",
-                                            "--idle-timeout", "--http-threads"};
+                                            "--idle-timeout", "--http-threads", "--device"};
         int k = -1;
         for (int j = 0; j < (int)(sizeof known / sizeof known[0]); j++)
             if (!strcmp(a, known[j])) k = j;
@@ -256,6 +259,7 @@ static int parse_args(serve_cfg *c, int argc, char **argv, int *help_shown) {
         else if (!strcmp(a, "--body-timeout")) bad = lf_cli_parse_i64(CMD, a, v, 1, 86400, &c->body_timeout_s);
         else if (!strcmp(a, "--idle-timeout")) bad = lf_cli_parse_i64(CMD, a, v, 1, 86400, &c->idle_timeout_s);
         else if (!strcmp(a, "--http-threads")) bad = lf_cli_parse_i64(CMD, a, v, 1, 65536, &c->http_threads);
+        else if (!strcmp(a, "--device")) bad = lf_cli_device_parse(CMD, v, &c->device) != 0;
         else if (!strcmp(a, "--kv-cache-memory")) {
             if (parse_size(v, &c->ep.kv_cache_bytes)) {
                 lf_cli_error(CMD, "--kv-cache-memory '%s': expected a size such as 536870912, 512MiB or 4GiB", v);
@@ -289,6 +293,7 @@ static void dir_basename(const char *dir, char *out, size_t cap) {
 int lf_cmd_serve(int argc, char **argv) {
     serve_cfg cfg;
     memset(&cfg, 0, sizeof cfg);
+    cfg.device.kind = 2; /* auto */
     cfg.model_dir = "/opt/ml/model";
     cfg.host = "0.0.0.0";
     cfg.port = 8080;
@@ -348,6 +353,8 @@ int lf_cmd_serve(int argc, char **argv) {
     if (cfg.body_timeout_s) so.body_timeout_ms = (int)(cfg.body_timeout_s * 1000);
     if (cfg.idle_timeout_s) so.idle_timeout_s = (unsigned)cfg.idle_timeout_s;
     if (cfg.http_threads) so.http_threads = (unsigned)cfg.http_threads;
+    /* the backend first: a device that cannot be used is an error before anything listens */
+    if (lf_cli_device_backend(CMD, &cfg.device, (int)cfg.threads, &be)) goto done;
     if (lf_server_create(&so, metrics, &srv, &err)) {
         lf_cli_error(CMD, "%s", err.msg);
         goto done;
@@ -356,11 +363,6 @@ int lf_cmd_serve(int argc, char **argv) {
             lf_server_port(srv), cfg.model_dir);
 
     /* the model, its tokenizer and chat template */
-    be = lf_backend_cpu_create((int)cfg.threads);
-    if (!be) {
-        lf_cli_error(CMD, "cannot create the cpu backend");
-        goto done;
-    }
     if (lf_model_load_opts(cfg.model_dir, be, &cfg.mopt, &m, &err)) {
         lf_cli_error(CMD, "%s", err.msg);
         goto done;
