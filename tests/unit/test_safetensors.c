@@ -750,7 +750,7 @@ static int case_fuzz_mutations(void) {
             uint64_t hl = 0;
             for (int i = 7; i >= 0; i--) hl = (hl << 8) | orig[i];
             switch (rnd() % 5) {
-            case 0: buf[rnd() % len] ^= (uint8_t)(1u << (rnd() % 8)); break;               /* bit flip anywhere */
+            case 0: if (len) buf[rnd() % len] ^= (uint8_t)(1u << (rnd() % 8)); break;      /* bit flip anywhere */
             case 1: buf[8 + rnd() % hl] = "{}[],:\"0123456789 -.eE"[rnd() % 22]; break;   /* JSON punctuation */
             case 2: len = (size_t)rnd_in(0, (int64_t)len); break;                         /* truncate */
             case 3: buf[rnd() % 8] = (uint8_t)rnd(); break;                                /* header length */

@@ -450,7 +450,7 @@ static void chi_square_case(const char *name, const float *x, int64_t V, const i
         if (pr[i] == 0) continue;
         support++;
         double e = (double)N * pr[i];
-        if (e >= 5) {
+        if (e >= 10) {
             chi += (cnt[i] - e) * (cnt[i] - e) / e;
             cells++;
             if (e < small_e) small_e = e, small_o = (double)cnt[i];
@@ -459,7 +459,7 @@ static void chi_square_case(const char *name, const float *x, int64_t V, const i
             pool_o += (double)cnt[i];
         }
     }
-    if (pool_e >= 5) {
+    if (pool_e >= 10) {
         chi += (pool_o - pool_e) * (pool_o - pool_e) / pool_e;
         cells++;
     } else if (pool_e > 0 && cells > 0) { /* merge the pool into the smallest cell */
