@@ -124,7 +124,7 @@ for name in "${targets[@]}"; do
   rc=$?
   set -e
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-  [ -n "$execs" ] || execs=$(grep -o '#[0-9]*' "$log" | tail -1 | tr -d '#')
+  [ -n "$execs" ] || execs=$(grep -o '#[0-9]*' "$log" | tail -1 | tr -d '#' || true)
   crashes=$(( $(find "$OUT/artifacts/$name" -type f | wc -l) - before ))
   secs=$(( $(date +%s) - t0 ))
   corpus_n=$(find "$work" -type f | wc -l)
@@ -134,11 +134,11 @@ for name in "${targets[@]}"; do
   else
     failed=$((failed + 1))
     echo "fuzz: $name FAILED (exit $rc): ${execs:-?} executions in ${secs} s, $crashes artifact(s) in build-fuzz/artifacts/$name/"
-    grep -E '^(==[0-9]+==ERROR|SUMMARY|.*runtime error)' "$log" | head -5 | sed 's/^/fuzz:   /'
+    { grep -aE '^(==[0-9]+== ?ERROR|SUMMARY|.*runtime error)' "$log" || true; } | head -5 | sed 's/^/fuzz:   /'
     echo "fuzz:   log: build-fuzz/logs/$name.log"
   fi
 done
 echo "fuzz: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
 }
-main "$@"
+main "$@"; exit $?  # exit here: nothing after this line is read, even if the file changed meanwhile
