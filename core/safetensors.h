@@ -17,8 +17,10 @@
  *   serde keeps the last). safetensors 0.4.x does not check the leading '{'; the spec and we do.
  *   After a successful open: lf_st_at(f, i) is in file-offset order, every data pointer lies inside the
  *   buffer, and the handle is immutable (safe to read from many threads).
- *   Alignment: data is aligned to its element size only when the writer ordered tensors like the reference
- *   prepare() (we, Python safetensors and PyTorch do); other files may give unaligned pointers.
+ *   Alignment: lf_st_open gives every tensor's data a pointer aligned to its element size. A file whose
+ *   header length is not a multiple of 8 (the spec allows it; Python safetensors pads to 8) is read into an
+ *   aligned heap copy instead of being mapped; a tensor whose own offset is misaligned for its dtype is
+ *   LF_EFORMAT naming it. lf_st_open_memory keeps the caller's buffer: its pointers may be unaligned.
  *
  * Ownership:
  *   - lf_st_file owns its mapping (or borrows the caller's buffer, see lf_st_open_memory), the tensor
@@ -255,9 +257,10 @@ static int lf_st__index_reserve(lf_st__index *ix, int64_t n, int64_t have, lf_st
 
 struct lf_st_file {
     char *label;             /* path, or the label given to lf_st_open_memory */
-    const uint8_t *base;     /* whole file: mapping (mapped = 1) or the caller's buffer */
+    const uint8_t *base;     /* whole file: mapping (mapped = 1), an aligned copy (heap != NULL) or the caller's buffer */
     size_t len;
     int mapped;
+    void *heap;              /* owned: the aligned copy of a file whose header length breaks alignment */
     uint64_t header_len;     /* N */
     int64_t n;               /* tensors, file-offset order */
     lf_st_tensor *t;
@@ -532,6 +535,33 @@ fail:
     return st;
 }
 
+/* Every tensor's data aligned to its element size (see "Alignment" above). The data section starts at
+ * 8 + header_len; when that is not a multiple of 8, the file is copied to a heap buffer placed so that it
+ * is, and the tensor pointers are moved there. */
+static lf_status lf_st__align(lf_st_file *f, lf_err *err) {
+    const uint64_t start = 8 + f->header_len;
+    if (start % 8 != 0) {
+        const size_t pad = (size_t)((8 - start % 8) % 8);
+        uint8_t *buf = (uint8_t *)aligned_alloc(64, (f->len + pad + 63) / 64 * 64);
+        if (!buf) return lf_err_set(err, LF_ENOMEM, "%s: out of memory for an aligned copy (%zu bytes)", f->label, f->len);
+        memcpy(buf + pad, f->base, f->len);
+        for (int64_t i = 0; i < f->n; i++)
+            f->t[i].data = buf + pad + ((const uint8_t *)f->t[i].data - f->base);
+        if (f->mapped) munmap((void *)f->base, f->len);
+        f->mapped = 0;
+        f->heap = buf;
+        f->base = buf + pad;
+    }
+    for (int64_t i = 0; i < f->n; i++) {
+        const int bits = lf_dtype_bits(f->t[i].dtype), esz = bits >= 8 ? bits / 8 : 1;
+        if ((uintptr_t)f->t[i].data % (uintptr_t)(esz > 8 ? 8 : esz) != 0)
+            return lf_err_set(err, LF_EFORMAT, "%s: tensor '%s' (%s) starts at data offset %llu, not a multiple of its "
+                              "element size %d: rewrite the file with safetensors.save_file", f->label, f->t[i].name,
+                              lf_dtype_name(f->t[i].dtype), (unsigned long long)f->t[i].begin, esz);
+    }
+    return LF_OK;
+}
+
 lf_status lf_st_open(const char *path, lf_st_file **out, lf_err *err) {
     lf_status st = LF_OK;
     lf_st_file *f = NULL;
@@ -570,6 +600,7 @@ lf_status lf_st_open(const char *path, lf_st_file **out, lf_err *err) {
     close(fd);
     fd = -1;
     LF_TRY(lf_st__parse(f, err));
+    LF_TRY(lf_st__align(f, err));
     *out = f;
     return LF_OK;
 fail:
@@ -581,6 +612,7 @@ fail:
 void lf_st_close(lf_st_file *f) {
     if (!f) return;
     if (f->mapped) munmap((void *)f->base, f->len);
+    free(f->heap);
     free(f->ix.slot);
     free(f->t);
     free(f->meta_key);

@@ -810,6 +810,42 @@ static void rm_rf(const char *path) {
     }
 }
 
+/* A header whose length is not a multiple of 8 (the spec allows it) puts BF16/F32 data at odd addresses of the
+ * mapping: lf_st_open must hand out aligned pointers with the right bytes (regression: misaligned uint16_t loads
+ * in the model loader, UBSan). A tensor misaligned inside the data section is LF_EFORMAT naming it. */
+static int case_unaligned_header(void) {
+    int ok = 1;
+    char path[1024];
+    /* data: an F32 [2] at 0..8, a BF16 [3] at 8..14; the header's length makes the data start at an odd byte */
+    const char *hdr = "{\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                      "\"a\":{\"dtype\":\"BF16\",\"shape\":[3],\"data_offsets\":[8,14]}}";
+    CHECK((8 + strlen(hdr)) % 8 != 0, "header length %zu must break alignment for this case", strlen(hdr));
+    make_raw("unaligned.safetensors", hdr, 0, 14, path, sizeof path);
+    lf_err err = {0};
+    lf_st_file *f = NULL;
+    CHECK(lf_st_open(path, &f, &err) == LF_OK, "odd header length: %s", err.msg);
+    if (f) {
+        const lf_st_tensor *a = lf_st_find(f, "a"), *b = lf_st_find(f, "b");
+        CHECK(a && (uintptr_t)a->data % 2 == 0 && b && (uintptr_t)b->data % 4 == 0, "pointers aligned to 2 and 4");
+        uint8_t want[16];
+        for (int i = 0; i < 16; i++) want[i] = (uint8_t)(i * 7 + 3); /* make_raw's pattern */
+        CHECK(b && memcmp(b->data, want, 8) == 0 && a && memcmp(a->data, want + 8, 6) == 0, "bytes kept");
+        float fv[2];
+        lf_err e2;
+        CHECK(a && lf_to_f32_n(fv, a->data, LF_DTYPE_BF16, 2, &e2) == LF_OK, "bf16 conversion from the copy");
+        lf_st_close(f);
+    }
+    const char *bad = "{\"a\":{\"dtype\":\"BF16\",\"shape\":[1],\"data_offsets\":[0,2]},"
+                      "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[2,6]}}  ";
+    make_raw("misaligned.safetensors", bad, 0, 6, path, sizeof path);
+    f = NULL;
+    lf_status st = lf_st_open(path, &f, &err);
+    CHECK(st == LF_EFORMAT && !f && strstr(err.msg, "'b'") && strstr(err.msg, "element size"),
+          "misaligned tensor: %s: %s", lf_status_name(st), err.msg);
+    lf_st_close(f);
+    return ok;
+}
+
 int main(void) {
     const char *s = getenv("LF_TEST_SEED");
     uint64_t seed = s && *s ? strtoull(s, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
@@ -831,6 +867,7 @@ int main(void) {
     run("sharded_model", case_sharded_model);
     run("sharded_bad", case_sharded_bad);
     run("fuzz_mutations", case_fuzz_mutations);
+    run("unaligned_header", case_unaligned_header);
     rm_rf(g_dir);
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
