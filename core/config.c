@@ -40,6 +40,9 @@ static const lf_config_key SCHEMA[] = {
      NULL, F(quantization_type)},
     {"double_quantization", LF_CFG_BOOL, "true", "Quantize the 4-bit absmax scales again (8-bit, block 256)", NULL, NULL, 0,
      0, 0, "model", NULL, F(double_quantization)},
+    {"compute_dtype", LF_CFG_ENUM, "auto", "Activation dtype of the training forward (also bnb_4bit_compute_dtype): "
+     "auto = float32, what the training ops compute in", "auto|float32|fp32", "bfloat16|bf16|float16|fp16", 0, 0, 0,
+     "model", NULL, F(compute_dtype)},
     {"flash_attn", LF_CFG_ENUM, "auto", "Accepted for compatibility", "auto|disabled|sdpa|fa2|fa3", NULL, 0, 0,
      LF_CFG_F_IGNORED, "model", "the backend always uses its own fused attention", F(flash_attn)},
     {"disable_gradient_checkpointing", LF_CFG_BOOL, "false",
@@ -171,6 +174,8 @@ static const lf_config_key SCHEMA[] = {
     {"per_device_eval_batch_size", LF_CFG_INT, "8", "Examples per device per evaluation batch", NULL, NULL, 1, 0, MINV,
      "eval", NULL, F(per_device_eval_batch_size)},
     /* loraforge */
+    {"device", LF_CFG_ENUM, "auto", "Where training runs: auto (the cpu until training runs on CUDA) or cpu", "auto|cpu",
+     "cuda", 0, 0, LF_CFG_F_OURS, "loraforge", NULL, F(device)},
     {"threads", LF_CFG_INT, "0", "CPU threads (0 = all cores)", NULL, NULL, 0, 0, MINV | LF_CFG_F_OURS, "loraforge", NULL,
      F(threads)},
     {"checkpoint_dir", LF_CFG_STRING, "none",
@@ -187,7 +192,7 @@ _Static_assert(sizeof SCHEMA / sizeof SCHEMA[0] <= LF_CONFIG_MAX_KEYS, "raise LF
 
 static const struct {
     const char *alias, *name;
-} ALIASES[] = {{"evaluation_strategy", "eval_strategy"}};
+} ALIASES[] = {{"evaluation_strategy", "eval_strategy"}, {"bnb_4bit_compute_dtype", "compute_dtype"}};
 
 static const char *const SECTIONS[] = {"model", "method", "dataset", "output", "train", "eval", "loraforge"};
 
@@ -520,9 +525,8 @@ static lf_status bad_value(const lf_config_key *k, const cfg_val *v, const char 
 static lf_status unsupported_value(const lf_config_key *k, const char *text, const char *where, lf_err *err) {
     char acc[512];
     describe_accepted(k, acc, sizeof acc);
-    return lf_err_set(err, LF_EUNSUPPORTED,
-                      "%s: %s: \"%s\" is a LLaMA-Factory value that loraforge does not support (accepted: %s)", where,
-                      k->name, text, acc);
+    return lf_err_set(err, LF_EUNSUPPORTED, "%s: %s: \"%s\" is %s that loraforge does not support yet (accepted: %s)",
+                      where, k->name, text, (k->flags & LF_CFG_F_OURS) ? "a value" : "a LLaMA-Factory value", acc);
 }
 
 /* one scalar text into p (already known to be non-null) */

@@ -153,7 +153,9 @@ typedef struct lf_train_config {
     int quantization_method;  /* lf_config_quant_method */
     int quantization_type;    /* lf_config_quant_type */
     int double_quantization;
+    int compute_dtype;        /* 0 auto, 1 float32, 2 fp32 (all f32: the training ops take f32 activations) */
     int flash_attn; /* lf_config_flash_attn */
+    int device;     /* 0 auto, 1 cpu (cuda is refused until training runs there) */
     int disable_gradient_checkpointing;
     /* method */
     int stage;           /* lf_config_stage */

@@ -860,6 +860,28 @@ static void test_roundtrip(lf_rng *r) {
 }
 
 /* ---- inputs found by tests/fuzz/fuzz_config.c (docs/fuzzing.md) ---- */
+/* compute_dtype (alias bnb_4bit_compute_dtype) and device: what training runs in and where; values it cannot honour
+ * are refused (LF_EUNSUPPORTED naming the key), never accepted and ignored. */
+static void test_compute_keys(void) {
+    lf_train_config cfg;
+    lf_err err;
+    lf_config_defaults(&cfg, &err);
+    CHECK(cfg.compute_dtype == 0 && cfg.device == 0, "defaults: compute_dtype auto, device auto");
+    CHECK(lf_config_set(&cfg, "bnb_4bit_compute_dtype", "float32", LF_CFG_SRC_FLAG, "test", &err) == LF_OK &&
+              cfg.compute_dtype == 1, "bnb_4bit_compute_dtype float32: %s", err.msg);
+    lf_status st = lf_config_set(&cfg, "bnb_4bit_compute_dtype", "bfloat16", LF_CFG_SRC_FLAG, "test", &err);
+    CHECK(st == LF_EUNSUPPORTED && strstr(err.msg, "compute_dtype") && strstr(err.msg, "float32"),
+          "bnb_4bit_compute_dtype bfloat16 refused: %d %s", st, err.msg);
+    st = lf_config_set(&cfg, "compute_dtype", "int8", LF_CFG_SRC_FLAG, "test", &err);
+    CHECK(st == LF_EINVAL && strstr(err.msg, "compute_dtype"), "compute_dtype int8: %d %s", st, err.msg);
+    CHECK(lf_config_set(&cfg, "device", "cpu", LF_CFG_SRC_FLAG, "test", &err) == LF_OK && cfg.device == 1,
+          "device cpu: %s", err.msg);
+    st = lf_config_set(&cfg, "device", "cuda", LF_CFG_SRC_FLAG, "test", &err);
+    CHECK(st == LF_EUNSUPPORTED && strstr(err.msg, "device") && strstr(err.msg, "not support"), "device cuda: %d %s", st,
+          err.msg);
+    lf_config_free(&cfg);
+}
+
 static void test_fuzz_regressions(void) {
     lf_train_config cfg;
     lf_err err;
@@ -931,6 +953,7 @@ int main(void) {
     test_load_all();
     test_roundtrip(&rng);
     test_fuzz_regressions();
+    test_compute_keys();
 
     lf_log_set_sink(NULL);
     fclose(logf_);
