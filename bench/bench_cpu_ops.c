@@ -201,7 +201,7 @@ static double bench_prefill(lf_backend *be, lf_dtype dt, int64_t T, int64_t C, i
     float *x = xalloc((size_t)(T * C) * 4), *y = xalloc((size_t)(T * OC) * 4);
     for (int64_t i = 0; i < T * C; i++) x[i] = frand();
     lf_tensor wt = lf_tensor_view(w, dt, 2, (int64_t[]){OC, C});
-    if (be->ops->matmul_forward(be, y, x, &wt, NULL, T, C, OC) != LF_OK) {
+    if (be->ops->matmul_forward(be, lf_f32(y), lf_f32(x), &wt, NULL, T, C, OC) != LF_OK) {
         fprintf(stderr, "bench_cpu_ops: matmul failed: %s\n", be->err.msg);
         exit(1);
     }
@@ -209,7 +209,7 @@ static double bench_prefill(lf_backend *be, lf_dtype dt, int64_t T, int64_t C, i
     int reps = 0;
     while (reps < 3 || now_s() - start < min_s) {
         double t0 = now_s();
-        be->ops->matmul_forward(be, y, x, &wt, NULL, T, C, OC);
+        be->ops->matmul_forward(be, lf_f32(y), lf_f32(x), &wt, NULL, T, C, OC);
         double dt_s = now_s() - t0;
         if (dt_s < best) best = dt_s;
         reps++;
@@ -231,7 +231,7 @@ static double bench_decode(lf_backend *be, lf_dtype dt, int64_t C, int64_t OC, d
         double t0 = now_s();
         for (int i = 0; i < n_copies; i++) {
             lf_tensor wt = lf_tensor_view(w[i], dt, 2, (int64_t[]){OC, C});
-            be->ops->matmul_forward(be, y, x, &wt, NULL, 1, C, OC);
+            be->ops->matmul_forward(be, lf_f32(y), lf_f32(x), &wt, NULL, 1, C, OC);
         }
         double s = now_s() - t0;
         if (rep > 0 && s < best) best = s;

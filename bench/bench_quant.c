@@ -149,24 +149,24 @@ static int cpu_dq16(void *c, int i) {
 }
 static int cpu_gemv_q4(void *c, int i) {
     cpu_ctx *j = c;
-    if (LF_BACKEND_SUPPORTS(j->be, matmul_q4_forward)) /* the op: lf_quant_matmul_4bit on the backend's pool */
-        return j->be->ops->matmul_q4_forward(j->be, j->y, j->x, &j->q[i % j->nq], NULL, 1, j->C, j->OC) != LF_OK;
+    if (lf_backend_supports(j->be, LF_OP_MATMUL_Q4, LF_DTYPE_F32)) /* the op: lf_quant_matmul_4bit on the backend's pool */
+        return j->be->ops->matmul_q4_forward(j->be, lf_f32(j->y), lf_f32(j->x), &j->q[i % j->nq], NULL, 1, j->C, j->OC) != LF_OK;
     return lf_quant_matmul_4bit(j->y, j->x, &j->q[i % j->nq], NULL, 1, j->C, j->OC, j->pool, j->scratch, NULL) != LF_OK;
 }
 static int cpu_gemv_bf16(void *c, int i) {
     cpu_ctx *j = c;
-    return j->be->ops->matmul_forward(j->be, j->y, j->x, &j->wb[i % j->nb], NULL, 1, j->C, j->OC) != LF_OK;
+    return j->be->ops->matmul_forward(j->be, lf_f32(j->y), lf_f32(j->x), &j->wb[i % j->nb], NULL, 1, j->C, j->OC) != LF_OK;
 }
 static int cpu_mm_q4(void *c, int i) {
     cpu_ctx *j = c;
-    if (LF_BACKEND_SUPPORTS(j->be, matmul_q4_forward))
-        return j->be->ops->matmul_q4_forward(j->be, j->y, j->x, &j->q[i % j->nq], NULL, j->T, j->C, j->OC) != LF_OK;
+    if (lf_backend_supports(j->be, LF_OP_MATMUL_Q4, LF_DTYPE_F32))
+        return j->be->ops->matmul_q4_forward(j->be, lf_f32(j->y), lf_f32(j->x), &j->q[i % j->nq], NULL, j->T, j->C, j->OC) != LF_OK;
     return lf_quant_matmul_4bit(j->y, j->x, &j->q[i % j->nq], NULL, j->T, j->C, j->OC, j->pool, j->scratch, NULL) !=
            LF_OK;
 }
 static int cpu_mm_bf16(void *c, int i) {
     cpu_ctx *j = c;
-    return j->be->ops->matmul_forward(j->be, j->y, j->x, &j->wb[i % j->nb], NULL, j->T, j->C, j->OC) != LF_OK;
+    return j->be->ops->matmul_forward(j->be, lf_f32(j->y), lf_f32(j->x), &j->wb[i % j->nb], NULL, j->T, j->C, j->OC) != LF_OK;
 }
 
 typedef struct cpy_job {
@@ -334,11 +334,11 @@ static int g_dq16(void *c, int i) {
 }
 static int g_mm_q4(void *c, int i) {
     gpu_ctx *j = c;
-    return j->be->ops->matmul_q4_forward(j->be, j->y, j->x, &j->q[i % j->nq], NULL, j->T, j->C, j->OC) != LF_OK;
+    return j->be->ops->matmul_q4_forward(j->be, lf_f32(j->y), lf_f32(j->x), &j->q[i % j->nq], NULL, j->T, j->C, j->OC) != LF_OK;
 }
 static int g_mm_bf16(void *c, int i) {
     gpu_ctx *j = c;
-    return j->be->ops->matmul_forward(j->be, j->y, j->x, &j->wb[i % j->nb], NULL, j->T, j->C, j->OC) != LF_OK;
+    return j->be->ops->matmul_forward(j->be, lf_f32(j->y), lf_f32(j->x), &j->wb[i % j->nb], NULL, j->T, j->C, j->OC) != LF_OK;
 }
 static int g_memcpy(void *c, int i) {
     gpu_ctx *j = c;

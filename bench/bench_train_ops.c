@@ -139,11 +139,11 @@ int main(int argc, char **argv) {
     const double mm_flop = 2.0 * (double)T * (double)C * (double)OC;
     double t_fwd, t_f32, t_din, t_dw, t_q4f, t_q4b;
     fprintf(stderr, "matmul T=%lld C=%lld OC=%lld ...\n", (long long)T, (long long)C, (long long)OC);
-    TIME_IT(t_fwd, 3, 3, be->ops->matmul_forward(be, out, inp, &w, NULL, T, C, OC));
-    TIME_IT(t_f32, 3, 3, be->ops->matmul_forward(be, out, inp, &w32, NULL, T, C, OC));
+    TIME_IT(t_fwd, 3, 3, be->ops->matmul_forward(be, lf_f32(out), lf_f32(inp), &w, NULL, T, C, OC));
+    TIME_IT(t_f32, 3, 3, be->ops->matmul_forward(be, lf_f32(out), lf_f32(inp), &w32, NULL, T, C, OC));
     TIME_IT(t_din, 3, 3, be->ops->matmul_backward(be, dinp, NULL, dout, inp, &w, T, C, OC));
     TIME_IT(t_dw, 3, 3, be->ops->matmul_backward(be, NULL, dw, dout, inp, &w, T, C, OC));
-    TIME_IT(t_q4f, 1, 2, be->ops->matmul_q4_forward(be, out, inp, &q4, NULL, T, C, OC));
+    TIME_IT(t_q4f, 1, 2, be->ops->matmul_q4_forward(be, lf_f32(out), lf_f32(inp), &q4, NULL, T, C, OC));
     TIME_IT(t_q4b, 2, 3, be->ops->matmul_q4_backward(be, dinp, dout, &q4, T, C, OC));
 
     /* ---- attention ---- */

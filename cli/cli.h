@@ -8,6 +8,8 @@
 
 #include <stdint.h>
 
+#include "core/tensor.h"
+
 int lf_cmd_make_tiny(int argc, char **argv);
 int lf_cmd_score(int argc, char **argv);
 int lf_cmd_generate(int argc, char **argv);
@@ -49,6 +51,14 @@ int lf_cli_model_option(const char *cmd, int argc, char **argv, int *i, struct l
     "  --quant-type T        nf4 (default) or fp4\n"                                                       \
     "  --quant-blocksize N   elements per absmax block: a power of two in 32..4096 (default 64)\n"        \
     "  --no-double-quant     keep absmax in f32 (default: quantize it to 8 bits, as QLoRA does)\n"
+/* --compute-dtype / --dtype of the commands that run the model (score, generate, serve; parsed by
+ * lf_cli_model_option when short_names is 0). */
+#define LF_CLI_COMPUTE_HELP                                                                               \
+    "  --compute-dtype T     activations and KV cache: auto (default: f32 on the cpu, bf16 on cuda), f32,\n" \
+    "                        bf16 or f16 (also --dtype; torch names such as bfloat16 and half accepted)\n"
+/* Parse a compute dtype value ("auto" -> LF_DTYPE_INVALID, resolved at load). 0 ok, 2 after a usage error
+ * naming `what`. */
+int lf_cli_parse_compute_dtype(const char *cmd, const char *what, const char *v, lf_dtype *out);
 /* One stderr line: the loaded model's weight memory by kind. */
 struct lf_model;
 void lf_cli_report_memory(const char *cmd, const struct lf_model *m);

@@ -11,12 +11,12 @@ extern "C" {
 #endif
 
 #define LF_CLI_DEVICE_HELP                                                                                   \
-    "  --device D            cpu, cuda, cuda:N or auto (default auto: cuda where the binary has CUDA, a\n"  \
-    "                        device is present and the model runs there; the model runs on the cpu only\n"  \
-    "                        for now, so auto is cpu and cuda answers why)\n"
+    "  --device D            cpu, cuda, cuda:N or auto (default auto: cuda:0 where the binary has CUDA and a\n" \
+    "                        device is present, else cpu); cpu-checked: the cpu with device-style memory\n"     \
+    "                        checks (every op argument must be backend memory), for tests\n"
 
 typedef struct lf_cli_device {
-    int kind;    /* 0 cpu, 1 cuda, 2 auto */
+    int kind;    /* 0 cpu, 1 cuda, 2 auto, 3 cpu-checked */
     int ordinal; /* cuda:N */
 } lf_cli_device;
 

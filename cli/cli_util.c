@@ -158,6 +158,11 @@ int lf_cli_model_option(const char *cmd, int argc, char **argv, int *i, lf_model
         o->double_quant = 0;
         return 1;
     }
+    if (!short_names && (!strcmp(a, "--compute-dtype") || !strcmp(a, "--dtype"))) {
+        if (lf_cli_need_value(cmd, argc, argv, *i)) return -1;
+        const char *v = argv[++*i];
+        return lf_cli_parse_compute_dtype(cmd, a, v, &o->compute_dtype) ? -1 : 1;
+    }
     int which = !strcmp(a, "--quantization-bit") || !strcmp(a, "--quantization_bit") ? 1
               : !strcmp(a, "--quant-type") || (short_names && !strcmp(a, "--type")) ? 2
               : !strcmp(a, "--quant-blocksize") || (short_names && !strcmp(a, "--blocksize")) ? 3 : 0;
@@ -189,6 +194,21 @@ int lf_cli_model_option(const char *cmd, int argc, char **argv, int *i, lf_model
         o->quant_blocksize = b;
     }
     return 1;
+}
+
+int lf_cli_parse_compute_dtype(const char *cmd, const char *what, const char *v, lf_dtype *out) {
+    if (!strcmp(v, "auto")) {
+        *out = LF_DTYPE_INVALID; /* the backend's default (lf_model_load_opts) */
+        return 0;
+    }
+    lf_dtype dt = !strcmp(v, "float") ? LF_DTYPE_F32 : lf_model_parse_dtype(v);
+    if (dt == LF_DTYPE_INVALID) {
+        lf_cli_error(cmd, "%s '%s': accepted values are auto, f32 (float32, fp32, float), bf16 (bfloat16) and f16 "
+                          "(float16, fp16, half)", what, v);
+        return 2;
+    }
+    *out = dt;
+    return 0;
 }
 
 void lf_cli_report_memory(const char *cmd, const lf_model *m) {

@@ -32,7 +32,7 @@ static void help(void) {
            "  --top-p P             nucleus sampling mass in (0, 1] (default 1 = off)\n"
            "  --seed S              sampling seed (default 0)\n"
            "  --ignore-eos          keep generating after an EOS token\n"
-           "  --threads N           CPU threads (default: all cores)\n" LF_CLI_MODEL_OPTIONS_HELP LF_CLI_DEVICE_HELP);
+           "  --threads N           CPU threads (default: all cores)\n" LF_CLI_MODEL_OPTIONS_HELP LF_CLI_COMPUTE_HELP LF_CLI_DEVICE_HELP);
 }
 
 static double now_s(void) {

@@ -22,7 +22,7 @@ static void help(void) {
            "  --tokens IDS    token ids separated by spaces or commas\n"
            "  --out FILE      output .npy path (written atomically)\n"
            "  --threads N     CPU threads (default: all cores)\n"
-           "  --chunk N       prefill chunk size in tokens (default 512)\n" LF_CLI_MODEL_OPTIONS_HELP LF_CLI_DEVICE_HELP);
+           "  --chunk N       prefill chunk size in tokens (default 512)\n" LF_CLI_MODEL_OPTIONS_HELP LF_CLI_COMPUTE_HELP LF_CLI_DEVICE_HELP);
 }
 
 int lf_cmd_score(int argc, char **argv) {

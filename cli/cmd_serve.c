@@ -63,11 +63,13 @@ static void help(void) {
            "  --idle-timeout S        seconds an idle keep-alive connection is kept (default 75)\n"
            "  --http-threads N        handler threads, started on demand (default 256); /ping never needs one\n"
            LF_CLI_MODEL_OPTIONS_HELP
+           LF_CLI_COMPUTE_HELP
            LF_CLI_DEVICE_HELP
            "\nEnvironment (flags win): SAGEMAKER_BIND_TO_PORT (port), OPTION_MAX_LORAS or SM_VLLM_MAX_LORAS,\n"
            "OPTION_MAX_LORA_RANK or SM_VLLM_MAX_LORA_RANK, OPTION_MAX_MODEL_LEN or SM_VLLM_MAX_MODEL_LEN,\n"
            "OPTION_MAX_ROLLING_BATCH_SIZE (max batch size), OPTION_TGI_COMPAT=true|false,\n"
            "OPTION_OUTPUT_FORMATTER=jsonlines|sse, OPTION_QUANTIZE=nf4|fp4|bitsandbytes4 (4-bit on load),\n"
+           "OPTION_DTYPE=auto|fp32|bf16|fp16 (LMI's spelling of --compute-dtype),\n"
            "OPTION_MAX_CONNECTIONS, OPTION_HEADER_TIMEOUT, OPTION_BODY_TIMEOUT, OPTION_IDLE_TIMEOUT,\n"
            "OPTION_HTTP_THREADS (as the flags of the same names).\n");
 }
@@ -175,6 +177,8 @@ static int read_env(serve_cfg *c) {
             return 2;
         }
     }
+    const char *dt = getenv("OPTION_DTYPE");
+    if (dt && *dt && lf_cli_parse_compute_dtype(CMD, "OPTION_DTYPE", dt, &c->mopt.compute_dtype)) return 2;
     const char *q = getenv("OPTION_QUANTIZE");
     if (q && *q) {
         if (!strcasecmp(q, "nf4") || !strcasecmp(q, "bitsandbytes4")) {

@@ -65,7 +65,7 @@ lf_status lf_quant_state_upload(lf_backend *be, const lf_quant_state *host, lf_q
 
     *dev = *host;
     dev->owned = NULL; /* never a host allocation: lf_quant_state_free must not free() it */
-    if (be->device == LF_DEVICE_CPU) return LF_OK; /* a view of host's arrays */
+    if (be->host_memory) return LF_OK; /* a view of host's arrays */
 
     upload_layout l = layout_of(host);
     mem = be->ops->alloc(be, l.total);
@@ -102,7 +102,7 @@ fail:
 
 void lf_quant_state_release(lf_backend *be, lf_quant_state *dev) {
     if (!dev) return;
-    if (be && be->device != LF_DEVICE_CPU && dev->packed) be->ops->free(be, dev->packed); /* packed is at offset 0 */
+    if (be && !be->host_memory && dev->packed) be->ops->free(be, dev->packed); /* packed is at offset 0 */
     memset(dev, 0, sizeof *dev);
 }
 
@@ -110,8 +110,8 @@ lf_status lf_quant_state_dequantize(lf_backend *be, void *out, lf_dtype dt, cons
     if (!be || !out || !w || !w->packed) return lf_err_set(err, LF_EINVAL, "quant dequantize: NULL argument");
     if (dt != LF_DTYPE_F32 && dt != LF_DTYPE_BF16)
         return lf_err_set(err, LF_EUNSUPPORTED, "quant dequantize: output dtype %s (F32 or BF16)", lf_dtype_name(dt));
-    if (be->device == LF_DEVICE_CPU) {
-        lf_pool *pool = ((lf_cpu_ctx *)be->ctx)->pool;
+    if (be->device == LF_DEVICE_CPU) { /* the checked cpu backend has no pool of its own here: serial */
+        lf_pool *pool = be->host_memory ? ((lf_cpu_ctx *)be->ctx)->pool : NULL;
         return dt == LF_DTYPE_F32 ? lf_quant_dequantize_f32((float *)out, w, pool, err)
                                   : lf_quant_dequantize_bf16((uint16_t *)out, w, pool, err);
     }

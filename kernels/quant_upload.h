@@ -6,11 +6,11 @@
  * lf_backend_ops.matmul_q4_forward takes.
  *
  * Ownership:
- *  - CUDA (any backend whose device is not the CPU): lf_quant_state_upload makes ONE be->ops->alloc holding
+ *  - A backend without host memory (be->host_memory 0: CUDA, the checked cpu backend): lf_quant_state_upload makes ONE be->ops->alloc holding
  *    every array (packed at offset 0, each later array 256-byte aligned) and copies the host arrays into it;
  *    dev->owned stays NULL, so lf_quant_state_free on it frees nothing (it must not free() device memory):
  *    release it with lf_quant_state_release, on the same backend, after the ops that read it.
- *  - CPU: dev is a view of host's arrays (no copy); host must outlive dev; release only zeroes dev.
+ *  - host_memory backends (the CPU): dev is a view of host's arrays (no copy); host must outlive dev; release only zeroes dev.
  * Shapes: W [rows = OC, cols = C]; n = rows * cols; nblocks = ceil(n / blocksize). */
 #ifndef LF_KERNELS_QUANT_UPLOAD_H
 #define LF_KERNELS_QUANT_UPLOAD_H

@@ -3,8 +3,9 @@
  * Layout per layer (HF names): input_layernorm -> q/k/v_proj (+bias) -> RoPE -> causal GQA attention
  * (optional sliding window) -> o_proj -> residual -> post_attention_layernorm -> gate/up -> SwiGLU ->
  * down_proj -> residual. Final norm, then lm_head (tied to embed_tokens when tie_word_embeddings).
- * KV cache: per layer k, v [S, KH, D] f32, contiguous; row p holds position p. Decoder linears are dense
- * mmapped views or 4-bit states (model_quant.c); lf_linear_forward picks the op. */
+ * Decoder linears are dense mmapped views or 4-bit states (model_quant.c); lf_linear_forward picks the op.
+ * The forward itself is written once, in model_batch.c; a session is one segment of it over a contiguous
+ * cache (per layer k, v [S, KH, D] in the compute dtype; row p holds position p), seen as one block. */
 #include "model/model.h"
 
 #include <math.h>
@@ -13,20 +14,18 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "kernels/quant_upload.h"
+#include "model/model_batch.h"
 #include "model/model_int.h"
 #include "model/model_train.h"
 
 struct lf_session {
     lf_model *m;          /* borrowed */
     int64_t S, Tc, pos;   /* cache capacity, max chunk, positions filled */
-    float *kcache, *vcache; /* [L, S, KH, D] */
-    float *x, *xb, *xb2;  /* [Tc, C] */
-    float *q, *att;       /* [Tc, H*D] */
-    float *hb, *hb2;      /* [Tc, FF] */
-    float *logits;        /* [Tc, V] */
-    float *lu, *llo, *lbnb; /* LoRA scratch [Tc, Rmax], [Tc, maxOC], [Tc, maxOC] (NULL without an adapter) */
-    int32_t *posbuf;      /* [Tc] */
-    void *block;          /* the one allocation all of the above are carved from */
+    lf_batch *b;          /* owned: the forward's workspace (one segment, one block) */
+    void *cache;          /* owned backend allocation: K then V of every layer, [2, L, S, KH, D] compute dtype */
+    void **kv;            /* owned host array [2L]: layer l's K at kv[l], V at kv[L + l] */
+    lf_paged_kv view;     /* the cache as a pool of one block of S slots */
 };
 
 /* ---------------------------------------------------------------------------------------------------- */
@@ -83,10 +82,109 @@ static lf_status load_vector(lf_model *m, const char *name, int64_t n, int requi
     return lf_to_f32_n(*dst, t->data, t->dtype, n, err);
 }
 
+/* The forward's views (model_int.h `fl`, fwte, ...). A backend with host memory reads the host views in
+ * place. Any other gets one allocation holding every dense matrix (embeddings, lm_head once when tied, dense
+ * linears) and the small f32 block (norms, biases, inv_freq), each piece 256-byte aligned, uploaded once;
+ * 4-bit states are uploaded one allocation each (kernels/quant_upload.h). */
+static lf_status upload_weights(lf_model *m, lf_err *err) {
+    lf_backend *be = m->be;
+    const lf_model_config *c = &m->cfg;
+    if (be->host_memory) {
+        m->fl = m->layers;
+        m->fwte = m->wte;
+        m->flm_head = m->lm_head;
+        m->fnorm_f = m->norm_f;
+        m->finv_freq = m->inv_freq;
+        return LF_OK;
+    }
+    lf_status st = LF_OK;
+    m->fl = calloc((size_t)c->L, sizeof *m->fl);
+    LF_CHECK_ALLOC(m->fl, err);
+    memcpy(m->fl, m->layers, (size_t)c->L * sizeof *m->fl);
+    for (int64_t l = 0; l < c->L; l++) /* not uploaded yet: lf_model_free must not release host states */
+        for (int mod = 0; mod < LF_MOD_COUNT; mod++) memset(&m->fl[l].lin[mod].q, 0, sizeof m->fl[l].lin[mod].q);
+    const int tied = m->lm_head.data == m->wte.data;
+#define UP_ALIGN(n) (((n) + 255) / 256 * 256)
+    size_t total = UP_ALIGN((size_t)m->mem.small_bytes) + UP_ALIGN(lf_tensor_nbytes(&m->wte)) +
+                   (tied ? 0 : UP_ALIGN(lf_tensor_nbytes(&m->lm_head)));
+    for (int64_t l = 0; l < c->L; l++)
+        for (int mod = 0; mod < LF_MOD_COUNT; mod++)
+            if (!m->layers[l].lin[mod].q.packed) total += UP_ALIGN(lf_tensor_nbytes(&m->layers[l].lin[mod].w));
+    m->dev = be->ops->alloc(be, total);
+    if (!m->dev) {
+        st = lf_err_set(err, LF_ENOMEM, "cannot allocate %.1f MiB for the weights on %s: %s", (double)total / (1 << 20),
+                        be->name, be->err.msg);
+        goto fail;
+    }
+    char *base = (char *)m->dev;
+    size_t off = 0;
+#define UPLOAD(dst_ptr, src, nbytes)                                                                            \
+    do {                                                                                                        \
+        (dst_ptr) = (void *)(base + off);                                                                       \
+        if (be->ops->upload(be, base + off, (src), (nbytes)) != LF_OK) {                                        \
+            st = lf_err_set(err, be->err.code ? be->err.code : LF_EIO, "uploading weights to %s: %s", be->name, \
+                            be->err.msg);                                                                       \
+            goto fail;                                                                                          \
+        }                                                                                                       \
+        off += UP_ALIGN(nbytes);                                                                                \
+    } while (0)
+    float *small = NULL;
+    UPLOAD(small, m->small, (size_t)m->mem.small_bytes);
+#define REBASE(p) ((p) ? small + ((p) - m->small) : NULL)
+    m->fnorm_f = REBASE(m->norm_f);
+    m->finv_freq = REBASE(m->inv_freq);
+    m->fwte = m->wte;
+    m->fwte.device = be->device;
+    UPLOAD(m->fwte.data, m->wte.data, lf_tensor_nbytes(&m->wte));
+    m->flm_head = m->lm_head;
+    if (tied) m->flm_head.data = m->fwte.data;
+    else UPLOAD(m->flm_head.data, m->lm_head.data, lf_tensor_nbytes(&m->lm_head));
+    m->flm_head.device = be->device;
+    for (int64_t l = 0; l < c->L; l++) {
+        lf_layer *fy = &m->fl[l];
+        const lf_layer *hy = &m->layers[l];
+        fy->ln1 = REBASE(hy->ln1);
+        fy->ln2 = REBASE(hy->ln2);
+        for (int mod = 0; mod < LF_MOD_COUNT; mod++) {
+            lf_linear *f = &fy->lin[mod];
+            const lf_linear *h = &hy->lin[mod];
+            f->b = REBASE(h->b);
+            if (h->q.packed) {
+                LF_TRY(lf_quant_state_upload(be, &h->q, &f->q, err));
+            } else {
+                f->w.device = be->device;
+                UPLOAD(f->w.data, h->w.data, lf_tensor_nbytes(&h->w));
+            }
+        }
+    }
+#undef REBASE
+#undef UPLOAD
+#undef UP_ALIGN
+    return LF_OK;
+fail:
+    return st; /* lf_model_free releases what was made */
+}
+
 lf_model_options lf_model_default_options(void) {
-    lf_model_options o = {0, LF_QUANT_NF4, LF_QUANT_BLOCK_DEFAULT, 1};
+    lf_model_options o = {0, LF_QUANT_NF4, LF_QUANT_BLOCK_DEFAULT, 1, LF_DTYPE_INVALID};
     return o;
 }
+
+lf_dtype lf_model_parse_dtype(const char *name) {
+    static const struct {
+        const char *name;
+        lf_dtype dt;
+    } names[] = {{"f32", LF_DTYPE_F32},      {"float32", LF_DTYPE_F32}, {"fp32", LF_DTYPE_F32},
+                 {"bf16", LF_DTYPE_BF16},    {"bfloat16", LF_DTYPE_BF16}, {"f16", LF_DTYPE_F16},
+                 {"float16", LF_DTYPE_F16},  {"fp16", LF_DTYPE_F16},    {"half", LF_DTYPE_F16},
+                 {"torch.float32", LF_DTYPE_F32}, {"torch.bfloat16", LF_DTYPE_BF16}, {"torch.float16", LF_DTYPE_F16}};
+    if (!name) return LF_DTYPE_INVALID;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(name, names[i].name) == 0) return names[i].dt;
+    return LF_DTYPE_INVALID;
+}
+
+lf_dtype lf_model_compute_dtype(const lf_model *m) { return m->opt.compute_dtype; }
 
 lf_status lf_model_load(const char *dir, lf_backend *be, lf_model **out, lf_err *err) {
     return lf_model_load_opts(dir, be, NULL, out, err);
@@ -104,7 +202,11 @@ lf_status lf_model_load_opts(const char *dir, lf_backend *be, const lf_model_opt
     if (o.quant_type != LF_QUANT_NF4 && o.quant_type != LF_QUANT_FP4)
         return lf_err_set(err, LF_EINVAL, "unknown 4-bit quantization type %d (nf4 or fp4)", o.quant_type);
     if (o.quant_bits == 4 && lf_quant_check_blocksize(o.quant_blocksize, err)) return LF_EINVAL;
-    if (be->device != LF_DEVICE_CPU) return lf_err_set(err, LF_EUNSUPPORTED, "model forward runs on the cpu backend only for now (got %s)", be->name);
+    if (o.compute_dtype == LF_DTYPE_INVALID) /* auto */
+        o.compute_dtype = be->device == LF_DEVICE_CPU ? LF_DTYPE_F32 : LF_DTYPE_BF16;
+    if (!lf_act_dtype_ok(o.compute_dtype))
+        return lf_err_set(err, LF_EINVAL, "compute dtype %s is not supported (f32, bf16 or f16)",
+                          lf_dtype_name(o.compute_dtype));
     lf_model *m = calloc(1, sizeof *m);
     LF_CHECK_ALLOC(m, err);
     m->be = be;
@@ -177,6 +279,7 @@ lf_status lf_model_load_opts(const char *dir, lf_backend *be, const lf_model_opt
     m->inv_freq = cur;
     cur += D / 2;
     lf_model_config_inv_freq(c, m->inv_freq);
+    LF_TRY(upload_weights(m, err));
     LF_LOG(LF_LOG_DEBUG, "loaded %s: L=%lld C=%lld H=%lld KH=%lld D=%lld FF=%lld V=%lld", c->architecture,
            (long long)c->L, (long long)C, (long long)H, (long long)KH, (long long)D, (long long)FF, (long long)V);
     *out = m;
@@ -189,14 +292,19 @@ fail:
 
 void lf_model_free(lf_model *m) {
     if (!m) return;
+    if (m->fl && m->fl != m->layers) {
+        for (int64_t l = 0; l < m->cfg.L; l++)
+            for (int mod = 0; mod < LF_MOD_COUNT; mod++) lf_quant_state_release(m->be, &m->fl[l].lin[mod].q);
+        free(m->fl);
+    }
+    if (m->dev) m->be->ops->free(m->be, m->dev);
     lf_st_model_close(m->st);
     if (m->layers)
         for (int64_t l = 0; l < m->cfg.L; l++)
             for (int mod = 0; mod < LF_MOD_COUNT; mod++) lf_quant_state_free(&m->layers[l].lin[mod].q);
     free(m->layers);
     free(m->small);
-    free(m->lora);
-    free(m->lora_wn);
+    lf_model_adapter_free(m->lora);
     free(m);
 }
 
@@ -227,35 +335,31 @@ lf_status lf_session_create(lf_model *m, int64_t max_seq, int64_t max_chunk, lf_
     const lf_model_config *c = &m->cfg;
     if (max_seq <= 0 || max_chunk <= 0)
         return lf_err_set(err, LF_EINVAL, "session: max_seq (%lld) and max_chunk (%lld) must be > 0", (long long)max_seq, (long long)max_chunk);
-    if (m->mem.n_q4 && !LF_BACKEND_SUPPORTS(m->be, matmul_q4_forward))
-        return lf_err_set(err, LF_EUNSUPPORTED, "the %s backend has no 4-bit matmul", m->be->name);
+    if (max_seq > INT32_MAX) return lf_err_set(err, LF_EINVAL, "session: max_seq %lld does not fit in int32", (long long)max_seq);
     if (max_chunk > max_seq) max_chunk = max_seq;
     lf_session *s = calloc(1, sizeof *s);
     LF_CHECK_ALLOC(s, err);
     s->m = m;
     s->S = max_seq;
     s->Tc = max_chunk;
-    int64_t Tc = max_chunk, kv = c->L * max_seq * c->KH * c->D;
-    /* one allocation, carved: sizes in floats, each piece rounded to 16 floats (64 bytes) */
-    int64_t lr = m->lora ? Tc * m->lora_rmax : 0, lo = m->lora ? Tc * m->lora_maxoc : 0;
-    int64_t sizes[13] = {kv, kv, Tc * c->C, Tc * c->C, Tc * c->C, Tc * c->H * c->D, Tc * c->H * c->D,
-                         Tc * c->FF, Tc * c->FF, Tc * c->V, lr, lo, lo};
-    float **dst[13] = {&s->kcache, &s->vcache, &s->x, &s->xb, &s->xb2, &s->q, &s->att, &s->hb, &s->hb2, &s->logits,
-                       &s->lu, &s->llo, &s->lbnb};
-    int64_t total = Tc; /* posbuf (int32 fits in a float slot) */
-    for (int i = 0; i < 13; i++) total += (sizes[i] + 15) / 16 * 16;
-    s->block = m->be->ops->alloc(m->be, (size_t)total * sizeof(float));
-    if (!s->block) {
-        st = lf_err_set(err, LF_ENOMEM, "session: cannot allocate %.1f MiB for KV cache (%lld positions) and activations",
-                        (double)total * 4 / (1 << 20), (long long)max_seq);
+    const lf_dtype adt = m->opt.compute_dtype;
+    LF_TRY(lf_batch_create_ex(m, max_chunk, 1, lf_model_adapter_max_rank(m->lora), 1, max_chunk, &s->b, err));
+    const size_t plane = lf_act_bytes(adt, max_seq * c->KH * c->D);
+    s->cache = m->be->ops->alloc(m->be, 2 * (size_t)c->L * plane);
+    if (!s->cache) {
+        st = lf_err_set(err, LF_ENOMEM, "session: cannot allocate %.1f MiB of %s KV cache (%lld positions): %s",
+                        2.0 * (double)c->L * (double)plane / (1 << 20), lf_dtype_name(adt), (long long)max_seq,
+                        m->be->err.msg);
         goto fail;
     }
-    float *p = (float *)s->block;
-    for (int i = 0; i < 13; i++) {
-        *dst[i] = sizes[i] ? p : NULL;
-        p += (sizes[i] + 15) / 16 * 16;
-    }
-    s->posbuf = (int32_t *)p;
+    s->kv = malloc(2 * (size_t)c->L * sizeof *s->kv);
+    LF_CHECK_ALLOC(s->kv, err);
+    for (int64_t i = 0; i < 2 * c->L; i++) s->kv[i] = (char *)s->cache + (size_t)i * plane;
+    s->view.k = s->kv;
+    s->view.v = s->kv + c->L;
+    s->view.BS = max_seq;
+    s->view.NB = 1;
+    s->view.dt = adt;
     *out = s;
     return LF_OK;
 fail:
@@ -265,129 +369,24 @@ fail:
 
 void lf_session_free(lf_session *s) {
     if (!s) return;
-    if (s->block) s->m->be->ops->free(s->m->be, s->block);
+    lf_batch_free(s->b);
+    if (s->cache) s->m->be->ops->free(s->m->be, s->cache);
+    free(s->kv);
     free(s);
 }
 
 int64_t lf_session_pos(const lf_session *s) { return s->pos; }
 void lf_session_reset(lf_session *s) { s->pos = 0; }
 
-#define OP(call)                                                                          \
-    do {                                                                                  \
-        if ((call) != LF_OK) {                                                            \
-            st = lf_err_set(err, be->err.code ? be->err.code : LF_EINVAL, "%s", be->err.msg); \
-            goto fail;                                                                    \
-        }                                                                                 \
-    } while (0)
-
-/* A decoder linear plus the model's adapter on it (LoRA: + s B A x; DoRA: PEFT's formula, no dropout). */
-static lf_status lin_apply(lf_session *s, int64_t l, int mod, float *out, const float *x, int64_t T) {
-    lf_model *m = s->m;
-    lf_backend *be = m->be;
-    const lf_linear *lin = &m->layers[l].lin[mod];
-    lf_status st = lf_linear_forward(be, out, x, lin, T);
-    if (st || !m->lora || !m->lora[l * LF_MOD_COUNT + mod].A) return st;
-    const lf_lora_view *v = &m->lora[l * LF_MOD_COUNT + mod];
-    int64_t C = lin->C, OC = lin->OC, R = v->R;
-    int64_t sa[2] = {R, C}, sb[2] = {OC, R};
-    lf_tensor A = lf_tensor_view(v->A, LF_DTYPE_F32, 2, sa), B = lf_tensor_view(v->B, LF_DTYPE_F32, 2, sb);
-    if ((st = be->ops->matmul_forward(be, s->lu, x, &A, NULL, T, C, R))) return st;
-    if ((st = be->ops->matmul_forward(be, s->llo, s->lu, &B, NULL, T, R, OC))) return st;
-    if (!v->mag) return be->ops->axpy(be, out, s->llo, v->scale, T * OC);
-    const float *wn = m->lora_wn + (l * LF_MOD_COUNT + mod) * m->lora_maxoc;
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t o = 0; o < OC; o++) {
-            float mns = v->mag[o] / wn[o], bnb = out[t * OC + o] - (lin->b ? lin->b[o] : 0.0f);
-            out[t * OC + o] += (mns - 1.0f) * bnb + mns * v->scale * s->llo[t * OC + o];
-        }
-    return LF_OK;
-}
-
 lf_status lf_model_set_lora(lf_model *m, const lf_lora_view *views, lf_err *err) {
-    lf_status st = LF_OK;
-    float *scratch = NULL;
-    free(m->lora);
-    free(m->lora_wn);
-    m->lora = NULL;
-    m->lora_wn = NULL;
-    m->lora_rmax = m->lora_maxoc = 0;
-    if (!views) return LF_OK;
-    const int64_t NV = m->cfg.L * LF_MOD_COUNT;
-    int64_t rmax = 1, maxoc = 1, wmax = 0;
-    for (int64_t i = 0; i < NV; i++) {
-        const lf_linear *lin = &m->layers[i / LF_MOD_COUNT].lin[i % LF_MOD_COUNT];
-        maxoc = lin->OC > maxoc ? lin->OC : maxoc;
-        if (!views[i].A) continue;
-        rmax = views[i].R > rmax ? views[i].R : rmax;
-        if (views[i].mag) wmax = lin->OC * lin->C > wmax ? lin->OC * lin->C : wmax;
+    lf_model_adapter *a = NULL;
+    if (views) {
+        lf_status st = lf_model_adapter_create(m, views, &a, err);
+        if (st) return st;
     }
-    m->lora = malloc((size_t)NV * sizeof *m->lora);
-    LF_CHECK_ALLOC(m->lora, err);
-    memcpy(m->lora, views, (size_t)NV * sizeof *views);
-    m->lora_rmax = rmax;
-    m->lora_maxoc = maxoc;
-    if (wmax) {
-        m->lora_wn = malloc((size_t)(NV * maxoc) * sizeof(float));
-        scratch = malloc((size_t)wmax * sizeof(float));
-        if (!m->lora_wn || !scratch) {
-            st = lf_err_set(err, LF_ENOMEM, "adapter: out of memory for DoRA norms");
-            goto fail;
-        }
-        for (int64_t i = 0; i < NV; i++)
-            if (views[i].A && views[i].mag)
-                LF_TRY(lf_model_dora_norm(m, &views[i], i / LF_MOD_COUNT, (int)(i % LF_MOD_COUNT),
-                                          m->lora_wn + i * maxoc, scratch, err));
-    }
-    free(scratch);
+    lf_model_adapter_free(m->lora);
+    m->lora = a;
     return LF_OK;
-fail:
-    free(scratch);
-    lf_model_set_lora(m, NULL, err);
-    return st;
-}
-
-/* One chunk of T <= Tc tokens at positions pos..pos+T-1. */
-static lf_status forward_chunk(lf_session *s, const int32_t *tokens, int64_t T, float *logits, int last_only, lf_err *err) {
-    lf_status st = LF_OK;
-    lf_model *m = s->m;
-    lf_backend *be = m->be;
-    const lf_backend_ops *ops = be->ops;
-    const lf_model_config *c = &m->cfg;
-    int64_t C = c->C, FF = c->FF, H = c->H, KH = c->KH, D = c->D, V = c->V, S = s->S;
-    int64_t p0 = s->pos;
-    float scale = 1.0f / sqrtf((float)D);
-    for (int64_t t = 0; t < T; t++) s->posbuf[t] = (int32_t)(p0 + t);
-
-    OP(ops->embedding_forward(be, s->x, tokens, &m->wte, T));
-    for (int64_t l = 0; l < c->L; l++) {
-        const lf_layer *ly = &m->layers[l];
-        float *kc = s->kcache + l * S * KH * D, *vc = s->vcache + l * S * KH * D;
-        float *k_new = kc + p0 * KH * D, *v_new = vc + p0 * KH * D; /* [T, KH*D] rows of the cache */
-        OP(ops->rmsnorm_forward(be, s->xb, s->x, ly->ln1, T, C, c->rms_eps));
-        OP(lin_apply(s, l, LF_MOD_Q, s->q, s->xb, T));
-        OP(lin_apply(s, l, LF_MOD_K, k_new, s->xb, T));
-        OP(lin_apply(s, l, LF_MOD_V, v_new, s->xb, T));
-        OP(ops->rope_forward(be, s->q, s->posbuf, m->inv_freq, T, H, D));
-        OP(ops->rope_forward(be, k_new, s->posbuf, m->inv_freq, T, KH, D));
-        OP(ops->attention_forward(be, s->att, s->q, kc, vc, s->posbuf, T, p0 + T, H, KH, D, c->window[l], scale));
-        OP(lin_apply(s, l, LF_MOD_O, s->xb2, s->att, T));
-        OP(ops->residual_forward(be, s->x, s->x, s->xb2, T * C));
-        OP(ops->rmsnorm_forward(be, s->xb, s->x, ly->ln2, T, C, c->rms_eps));
-        OP(lin_apply(s, l, LF_MOD_GATE, s->hb, s->xb, T));
-        OP(lin_apply(s, l, LF_MOD_UP, s->hb2, s->xb, T));
-        OP(ops->swiglu_forward(be, s->hb, s->hb, s->hb2, T * FF));
-        OP(lin_apply(s, l, LF_MOD_DOWN, s->xb2, s->hb, T));
-        OP(ops->residual_forward(be, s->x, s->x, s->xb2, T * C));
-    }
-    s->pos = p0 + T;
-    if (!logits) return LF_OK;
-    int64_t first = last_only ? T - 1 : 0, rows = T - first;
-    OP(ops->rmsnorm_forward(be, s->xb, s->x + first * C, m->norm_f, rows, C, c->rms_eps));
-    OP(ops->matmul_forward(be, s->logits, s->xb, &m->lm_head, NULL, rows, C, V));
-    OP(ops->download(be, logits, s->logits, (size_t)(rows * V) * sizeof(float)));
-    return LF_OK;
-fail:
-    return st;
 }
 
 lf_status lf_session_forward(lf_session *s, const int32_t *tokens, int64_t T, float *logits, int last_only, lf_err *err) {
@@ -400,12 +399,17 @@ lf_status lf_session_forward(lf_session *s, const int32_t *tokens, int64_t T, fl
         if (tokens[t] < 0 || tokens[t] >= c->V)
             return lf_err_set(err, LF_EINVAL, "forward: token id %d at position %lld is outside the vocabulary [0, %lld)",
                               tokens[t], (long long)t, (long long)c->V);
+    static const int32_t block0 = 0;
     for (int64_t done = 0; done < T;) {
         int64_t n = T - done < s->Tc ? T - done : s->Tc;
         /* with last_only, earlier chunks only fill the cache and skip the lm_head */
-        float *dst = last_only ? (done + n == T ? logits : NULL) : logits + done * c->V;
-        lf_status st = forward_chunk(s, tokens + done, n, dst, last_only, err);
+        lf_batch_seg g = {.tokens = tokens + done, .n = n, .pos0 = s->pos, .block_table = &block0, .n_blocks = 1,
+                          .adapter = s->m->lora,
+                          .want_logits = last_only ? (done + n == T ? LF_LOGITS_LAST : LF_LOGITS_NONE) : LF_LOGITS_ALL};
+        float *dst = last_only ? logits : logits + done * c->V;
+        lf_status st = lf_batch_forward(s->b, &s->view, &g, 1, g.want_logits ? dst : NULL, err);
         if (st) return st;
+        s->pos += n;
         done += n;
     }
     return LF_OK;

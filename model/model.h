@@ -29,6 +29,10 @@ typedef struct lf_model_options {
     int quant_type;          /* lf_quant_type: 0 nf4 (default), 1 fp4 */
     int64_t quant_blocksize; /* 64 */
     int double_quant;        /* 1: quantize absmax too (bnb compress_statistics) */
+    lf_dtype compute_dtype;  /* activations and KV cache of sessions and batches: F32, BF16, F16, or
+                              * LF_DTYPE_INVALID = auto (the default: F32 on the cpu backend, BF16 on cuda);
+                              * the backend must support every inference op for it (LF_EUNSUPPORTED at
+                              * session / batch create otherwise). Logits are f32 whatever it is. */
 } lf_model_options;
 
 lf_model_options lf_model_default_options(void);
@@ -71,8 +75,16 @@ const lf_model_config *lf_model_get_config(const lf_model *m);
 /* Bytes of weights the model reads per token (all matrices + lm_head row block). */
 int64_t lf_model_weight_bytes(const lf_model *m);
 
-/* A decoding session: KV cache for max_seq (S) positions; prompts are processed in chunks of at most
- * max_chunk tokens (activation buffers are sized for that). */
+/* The compute dtype of sessions and batches (lf_model_options.compute_dtype). */
+lf_dtype lf_model_compute_dtype(const lf_model *m);
+/* Parse "f32"/"float32", "bf16"/"bfloat16", "f16"/"float16"/"half" (the names transformers' torch_dtype and
+ * bnb_4bit_compute_dtype use). LF_DTYPE_INVALID otherwise. */
+lf_dtype lf_model_parse_dtype(const char *name);
+
+/* A decoding session: KV cache for max_seq (S) positions in the compute dtype; prompts are processed in
+ * chunks of at most max_chunk tokens (activation buffers are sized for that). It runs the model's one
+ * inference forward (lf_batch_forward, model_batch.h) with one segment over its contiguous cache, read as a
+ * paged pool of a single block. */
 lf_status lf_session_create(lf_model *m, int64_t max_seq, int64_t max_chunk, lf_session **out, lf_err *err);
 void lf_session_free(lf_session *s);
 /* Positions already in the cache. */

@@ -3,7 +3,9 @@
  *
  * Invariants: every decoder linear is either dense (w: an mmapped F32/BF16/F16 view, q.packed == NULL) or
  * 4-bit (q: an lf_quant_state, owned when quantized on load, a view into the mapping when the checkpoint is
- * pre-quantized; w.data == NULL). Biases, norms and inv_freq are f32 copies carved from m->small. */
+ * pre-quantized; w.data == NULL). Biases, norms and inv_freq are f32 copies carved from m->small. Host code
+ * (loading, quantize, merge, DoRA norms, training) reads `layers`; the inference forward reads `fl`, which is
+ * in the backend's memory (host code never dereferences it on a device backend). */
 #ifndef LF_MODEL_MODEL_INT_H
 #define LF_MODEL_MODEL_INT_H
 
@@ -38,13 +40,17 @@ struct lf_model {
     int64_t weight_bytes;
     lf_model_memory mem;
     /* inference adapter (lf_model_set_lora): NULL when none */
-    struct lf_lora_view *lora;   /* [L * LF_MOD_COUNT], owned copy of the table (arrays borrowed) */
-    float *lora_wn;              /* DoRA norms, [L * LF_MOD_COUNT * maxOC] slots, owned */
-    int64_t lora_rmax, lora_maxoc;
+    struct lf_model_adapter *lora; /* owned (model_batch.h): what every session created after set_lora uses */
+    /* What the forward reads (decoder.c, model_batch.c): the host views above on a backend with host memory;
+     * on any other backend (cuda, cpu-checked) copies in its memory, made once at load (model.c upload). */
+    lf_layer *fl;                /* [L]: == layers, or owned (dense data, biases, norms and 4-bit states on device) */
+    lf_tensor fwte, flm_head;    /* [V, C] */
+    float *fnorm_f, *finv_freq;  /* [C], [D/2] */
+    void *dev;                   /* owned backend allocation of the dense weights and small vectors, or NULL */
 };
 
-/* out[T, OC] = inp[T, C] @ W^T + b through the backend (dense or 4-bit). */
-static inline lf_status lf_linear_forward(lf_backend *be, float *out, const float *inp, const lf_linear *l, int64_t T) {
+/* out[T, OC] = inp[T, C] @ W^T + b through the backend (dense or 4-bit), activations of any dtype. */
+static inline lf_status lf_linear_forward(lf_backend *be, lf_act out, lf_act inp, const lf_linear *l, int64_t T) {
     if (l->q.packed) return be->ops->matmul_q4_forward(be, out, inp, &l->q, l->b, T, l->C, l->OC);
     return be->ops->matmul_forward(be, out, inp, &l->w, l->b, T, l->C, l->OC);
 }

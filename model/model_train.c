@@ -1,5 +1,7 @@
 /* model_train.c - training forward/backward with LoRA/DoRA (see model_train.h for the semantics).
  *
+ * The forward of a layer is the model's one decoder layer (decoder.c) with this file's hooks: linears with
+ * dropout and the saved LoRA activations (lin_fwd), attention over the sequence itself (attention_train).
  * Per layer l (HF names), forward with what the backward keeps:
  *   xn1 = rmsnorm(x_l)                                    keep x_l (always), xn1
  *   q, k, v = lin(xn1); rope(q, k)                        keep q, k, v (after rope)
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/decoder.h"
 #include "model/model_int.h"
 
 typedef struct act_set {
@@ -100,7 +103,7 @@ static lf_status lin_fwd(lf_trainer_model *tm, act_set *S, int64_t l, int mod, c
     const lf_linear *lin = &tm->m->layers[l].lin[mod];
     const lf_lora_view *v = &tm->views[l * LF_MOD_COUNT + mod];
     int64_t C = lin->C, OC = lin->OC, R = v->R;
-    OP(lf_linear_forward(be, out, x, lin, T));
+    OP(lf_linear_forward(be, lf_f32(out), lf_f32(x), lin, T));
     if (!v->A) return LF_OK;
     const float *xd = x;
     float p = tm->opt.dropout;
@@ -110,20 +113,20 @@ static lf_status lin_fwd(lf_trainer_model *tm, act_set *S, int64_t l, int mod, c
     }
     lf_tensor A = f32_matrix(v->A, R, C), B = f32_matrix(v->B, OC, R);
     float *u = S->u[mod];
-    OP(be->ops->matmul_forward(be, u, xd, &A, NULL, T, C, R));
+    OP(be->ops->matmul_forward(be, lf_f32(u), lf_f32(xd), &A, NULL, T, C, R));
     if (!v->mag) {
-        OP(be->ops->matmul_forward(be, tm->lo_s, u, &B, NULL, T, R, OC));
+        OP(be->ops->matmul_forward(be, lf_f32(tm->lo_s), lf_f32(u), &B, NULL, T, R, OC));
         OP(be->ops->axpy(be, out, tm->lo_s, v->scale, T * OC));
         return LF_OK;
     }
     /* DoRA */
     float *bnb = S->bnb[mod], *lo = S->lo[mod];
     const float *wn = tm->wn + tm->wn_off[l * LF_MOD_COUNT + mod];
-    OP(be->ops->matmul_forward(be, lo, u, &B, NULL, T, R, OC));
+    OP(be->ops->matmul_forward(be, lf_f32(lo), lf_f32(u), &B, NULL, T, R, OC));
     if (p > 0) {
         lf_linear nb = *lin;
         nb.b = NULL;
-        OP(lf_linear_forward(be, bnb, xd, &nb, T));
+        OP(lf_linear_forward(be, lf_f32(bnb), lf_f32(xd), &nb, T));
     } else {
         for (int64_t t = 0; t < T; t++)
             for (int64_t o = 0; o < OC; o++) bnb[t * OC + o] = out[t * OC + o] - (lin->b ? lin->b[o] : 0.0f);
@@ -190,34 +193,41 @@ fail:
     return st;
 }
 
-/* ---- layers ---- */
-static lf_status layer_fwd(lf_trainer_model *tm, act_set *S, int64_t l, const float *x, float *xnext, int64_t T,
-                           uint64_t step, uint64_t seq, lf_err *err) {
+/* ---- layers: the forward is the model's one layer (decoder.c) with training's hooks ---- */
+typedef struct {
+    lf_trainer_model *tm;
+    act_set *S;
+    uint64_t step, seq;
+} train_run;
+
+static lf_status train_linear(void *ctx, int64_t l, int mod, lf_act out, lf_act x, int64_t T, lf_err *err) {
+    const train_run *r = (const train_run *)ctx;
+    return lin_fwd(r->tm, r->S, l, mod, (const float *)x.p, (float *)out.p, T, r->step, r->seq, err);
+}
+
+/* attention over the sequence itself (packed rows), keeping the log-sum-exp for the backward */
+static lf_status train_attend(void *ctx, int64_t l, const lf_layer_acts *a, int64_t T, lf_err *err) {
+    const train_run *r = (const train_run *)ctx;
+    lf_trainer_model *tm = r->tm;
+    lf_backend *be = tm->m->be;
+    const lf_model_config *c = &tm->m->cfg;
     lf_status st = LF_OK;
-    lf_model *m = tm->m;
-    lf_backend *be = m->be;
-    const lf_model_config *c = &m->cfg;
-    const lf_layer *ly = &m->layers[l];
-    int64_t C = c->C, H = c->H, KH = c->KH, D = c->D, FF = c->FF;
-    float scale = 1.0f / sqrtf((float)D);
-    OP(be->ops->rmsnorm_forward(be, S->xn1, x, ly->ln1, T, C, c->rms_eps));
-    LF_TRY(lin_fwd(tm, S, l, LF_MOD_Q, S->xn1, S->q, T, step, seq, err));
-    LF_TRY(lin_fwd(tm, S, l, LF_MOD_K, S->xn1, S->k, T, step, seq, err));
-    LF_TRY(lin_fwd(tm, S, l, LF_MOD_V, S->xn1, S->v, T, step, seq, err));
-    OP(be->ops->rope_forward(be, S->q, tm->posbuf, m->inv_freq, T, H, D));
-    OP(be->ops->rope_forward(be, S->k, tm->posbuf, m->inv_freq, T, KH, D));
-    OP(be->ops->attention_train_forward(be, S->att, S->lse, S->q, S->k, S->v, tm->posbuf, T, H, KH, D, c->window[l], scale));
-    LF_TRY(lin_fwd(tm, S, l, LF_MOD_O, S->att, tm->tmpc, T, step, seq, err));
-    OP(be->ops->residual_forward(be, S->xmid, x, tm->tmpc, T * C));
-    OP(be->ops->rmsnorm_forward(be, S->xn2, S->xmid, ly->ln2, T, C, c->rms_eps));
-    LF_TRY(lin_fwd(tm, S, l, LF_MOD_GATE, S->xn2, S->g, T, step, seq, err));
-    LF_TRY(lin_fwd(tm, S, l, LF_MOD_UP, S->xn2, S->up, T, step, seq, err));
-    OP(be->ops->swiglu_forward(be, S->h, S->g, S->up, T * FF));
-    LF_TRY(lin_fwd(tm, S, l, LF_MOD_DOWN, S->h, tm->tmpc, T, step, seq, err));
-    OP(be->ops->residual_forward(be, xnext, S->xmid, tm->tmpc, T * C));
+    OP(be->ops->attention_train_forward(be, (float *)a->att.p, r->S->lse, (const float *)a->q.p, (const float *)a->k.p,
+                                        (const float *)a->v.p, tm->posbuf, T, c->H, c->KH, c->D, c->window[l],
+                                        1.0f / sqrtf((float)c->D)));
     return LF_OK;
 fail:
     return st;
+}
+
+static lf_status layer_fwd(lf_trainer_model *tm, act_set *S, int64_t l, const float *x, float *xnext, int64_t T,
+                           uint64_t step, uint64_t seq, lf_err *err) {
+    train_run run = {tm, S, step, seq};
+    const lf_decoder_hooks hooks = {train_linear, train_attend, &run};
+    const lf_layer_acts acts = {.xn1 = lf_f32(S->xn1), .q = lf_f32(S->q), .k = lf_f32(S->k), .v = lf_f32(S->v),
+                                .att = lf_f32(S->att), .tmp = lf_f32(tm->tmpc), .xmid = lf_f32(S->xmid),
+                                .xn2 = lf_f32(S->xn2), .g = lf_f32(S->g), .up = lf_f32(S->up), .h = lf_f32(S->h)};
+    return lf_decoder_layer_forward(tm->m, l, lf_f32(x), lf_f32(xnext), &acts, tm->posbuf, T, &hooks, err);
 }
 
 /* On entry tm->dres = dL/dx_{l+1}; on exit dL/dx_l. */
@@ -267,8 +277,9 @@ lf_status lf_trainer_model_create(lf_model *m, const lf_lora_view *views, const 
     *out = NULL;
     const lf_model_config *c = &m->cfg;
     lf_backend *be = m->be;
-    if (be->device != LF_DEVICE_CPU)
-        return lf_err_set(err, LF_EUNSUPPORTED, "training runs on the cpu backend for now (got %s)", be->name);
+    if (!be->host_memory)
+        return lf_err_set(err, LF_EUNSUPPORTED, "training runs on the cpu backend for now (got %s): its dropout, DoRA "
+                          "and gradient loops read activations on the host", be->name);
     if (!opt || opt->max_tokens <= 0)
         return lf_err_set(err, LF_EINVAL, "train: max_tokens must be > 0");
     if (!(opt->dropout >= 0.0f && opt->dropout < 1.0f))
@@ -461,7 +472,7 @@ lf_status lf_trainer_model_step(lf_trainer_model *tm, const int32_t *tokens, con
     memcpy(tm->posbuf, pos, (size_t)T * sizeof(int32_t));
 
     /* forward */
-    OP(be->ops->embedding_forward(be, tm->xs, tokens, &m->wte, T));
+    OP(be->ops->embedding_forward(be, lf_f32(tm->xs), tokens, &m->wte, T));
     for (int64_t l = 0; l < L; l++)
         LF_TRY(layer_fwd(tm, &tm->sets[tm->NS == 1 ? 0 : l], l, tm->xs + l * T * C, tm->xs + (l + 1) * T * C, T,
                          step, seq, err));
@@ -475,8 +486,8 @@ lf_status lf_trainer_model_step(lf_trainer_model *tm, const int32_t *tokens, con
         int64_t rows = T - r0 < tm->Rc ? T - r0 : tm->Rc, valid = 0;
         for (int64_t r = 0; r < rows; r++) valid += targets[r0 + r] != -100;
         if (!valid) continue; /* no loss and no gradient from these rows */
-        OP(be->ops->rmsnorm_forward(be, tm->xf, xL + r0 * C, m->norm_f, rows, C, c->rms_eps));
-        OP(be->ops->matmul_forward(be, tm->logits, tm->xf, &m->lm_head, NULL, rows, C, V));
+        OP(be->ops->rmsnorm_forward(be, lf_f32(tm->xf), lf_f32(xL + r0 * C), m->norm_f, rows, C, c->rms_eps));
+        OP(be->ops->matmul_forward(be, lf_f32(tm->logits), lf_f32(tm->xf), &m->lm_head, NULL, rows, C, V));
         OP(be->ops->crossentropy_forward_backward(be, tm->losses, tm->logits, tm->logits, targets + r0, rows, V, dscale));
         for (int64_t r = 0; r < rows; r++) ls += tm->losses[r];
         nt += valid;

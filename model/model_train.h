@@ -42,9 +42,10 @@ typedef struct lf_lora_view {
 lf_status lf_model_dora_norm(const lf_model *m, const lf_lora_view *v, int64_t layer, int mod, float *wn,
                              float *scratch, lf_err *err);
 
-/* Apply LoRA/DoRA (no dropout) in every forward of sessions created after this call: views [L * LF_MOD_COUNT]
- * are copied (their arrays borrowed: they must outlive the model's use); DoRA norms are computed now. NULL
- * removes the adapter. */
+/* Apply LoRA/DoRA (no dropout) in every later forward of the model's sessions: views [L * LF_MOD_COUNT] are
+ * checked and copied into an lf_model_adapter (model_batch.h; their arrays borrowed: they must outlive the
+ * model's use); DoRA norms are computed now. A session created before an adapter of a larger rank than it was
+ * sized for fails its forward with LF_EINVAL (create sessions after this call). NULL removes the adapter. */
 lf_status lf_model_set_lora(lf_model *m, const lf_lora_view *views, lf_err *err);
 
 typedef struct lf_train_options {

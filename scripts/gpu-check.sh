@@ -202,6 +202,59 @@ do_run() {
     rm -f "$log.tmp"
   fi
 
+  # ---- GPU end-to-end: the model on cuda against the cpu (score logits, generate, serve with adapters) ----
+  # tiny Llama (bundled tokenizer); a LoRA adapter trained on the cpu for 3 steps of the bundled data; then:
+  #   score f32 cuda vs cpu (rel 1e-3: f32 sums in another order), score bf16 cuda vs cpu bf16 (rel 5e-2:
+  #   both round every op to bf16, at different places), 4-bit base and the adapter (rel 1e-3), generate runs,
+  #   serve on cuda answers /ping and a base + adapter request (bash /dev/tcp; no curl needed).
+  echo "== gpu e2e ==" | tee -a "$log"
+  local e2e="$outdir/gpu-e2e" lf="$BUILD/loraforge" toks="1 5 9 13 17 21 25 29 33 37 41 45 49 53 57 61"
+  rm -rf "$e2e"; mkdir -p "$e2e"
+  e2e_case() { # name tol extra-args...
+    local nm=$1 tol=$2; shift 2
+    local st=Failed
+    if timeout 300 "$lf" score --model "$e2e/m" --tokens "$toks" --device cpu --out "$e2e/$nm-cpu.npy" "$@" >>"$log" 2>&1 &&
+       timeout 300 "$lf" score --model "$e2e/m" --tokens "$toks" --device cuda --out "$e2e/$nm-cuda.npy" "$@" >>"$log" 2>&1; then
+      local j
+      j=$("$BUILD/npy_diff" "$e2e/$nm-cuda.npy" "$e2e/$nm-cpu.npy" "$tol" 2>&1) && st=Passed
+      echo "e2e $nm: $j" | tee -a "$log"
+      st="$st $j"
+    fi
+    case "$st" in Passed*) ;; *) failed=1 ;; esac
+    results+=("e2e score $nm (cuda vs cpu)|$st")
+  }
+  if timeout 120 "$lf" make-tiny --arch llama --out "$e2e/m" --hidden 128 --layers 2 --heads 4 --kv-heads 2 \
+       --intermediate 256 --tokenizer "$ROOT/examples/tokenizer" --seed 1 --init-std 0.05 >>"$log" 2>&1 &&
+     timeout 300 "$lf" train "$ROOT/examples/demo_qlora.yaml" --model_name_or_path "$e2e/m" --output_dir "$e2e/ad" \
+       --max_steps 3 --quantization_bit none --dataset_dir "$ROOT/examples/data" >>"$log" 2>&1; then
+    e2e_case f32 1e-3 --compute-dtype f32
+    e2e_case bf16 5e-2 --compute-dtype bf16
+    e2e_case nf4 1e-3 --compute-dtype f32 --quantization-bit 4
+    e2e_case lora 1e-3 --compute-dtype f32 --adapter "$e2e/ad"
+    if timeout 300 "$lf" generate --model "$e2e/m" --tokens "$toks" --max-new-tokens 8 --device cuda >>"$log" 2>&1; then
+      results+=("e2e generate (cuda)|Passed")
+    else results+=("e2e generate (cuda)|Failed"); failed=1; fi
+    local port=18231 sp ok=0 body
+    "$lf" serve --model "$e2e/m" --device cuda --host 127.0.0.1 --port $port --adapter "ad=$e2e/ad" >>"$log" 2>&1 &
+    sp=$!
+    for _ in $(seq 1 120); do
+      if (exec 3<>/dev/tcp/127.0.0.1/$port && printf 'GET /ping HTTP/1.0\r\n\r\n' >&3 && grep -q " 200 " <&3) 2>/dev/null; then ok=1; break; fi
+      sleep 0.5
+    done
+    if [ $ok = 1 ]; then
+      for hdr in "" "X-Amzn-SageMaker-Adapter-Identifier: ad\r\n"; do
+        body='{"inputs": "hello", "parameters": {"max_new_tokens": 4}}'
+        if ! (exec 3<>/dev/tcp/127.0.0.1/$port &&
+              printf "POST /invocations HTTP/1.0\r\nContent-Type: application/json\r\n${hdr}Content-Length: ${#body}\r\n\r\n%s" "$body" >&3 &&
+              cat <&3 | tee -a "$log" | grep -q " 200 ") 2>/dev/null; then ok=0; fi
+      done
+    fi
+    kill $sp 2>/dev/null; wait $sp 2>/dev/null || true
+    if [ $ok = 1 ]; then results+=("e2e serve (cuda, base + adapter)|Passed"); else results+=("e2e serve (cuda, base + adapter)|Failed"); failed=1; fi
+  else
+    results+=("e2e setup (make-tiny + 3-step train)|Failed (see log)"); failed=1
+  fi
+
   # ---- benchmarks: build-gpu/bench_*; each prints one JSON line ----
   local benches=() b json bto="${LF_BENCH_TIMEOUT:-300}" model="${LF_BENCH_MODEL:-}"
   echo "== benchmarks ==" | tee -a "$log"

@@ -82,7 +82,7 @@ struct lf_engine {
     lf_kv_pool *pool;
     lf_batch *batch;
     lf_sample_scratch *sample;
-    float **kv_k, **kv_v;  /* [L] pool pointers */
+    void **kv_k, **kv_v;   /* [L] pool pointers */
     /* step workspace (engine thread) */
     lf_batch_seg *segs;    /* [max_batch_size] */
     eng_seq **seg_seq;     /* [max_batch_size] */
@@ -735,7 +735,7 @@ static int step(lf_engine *e) {
         sorted[i] = e->segs[e->seg_work[i]];
         sseq[i] = e->seg_seq[e->seg_work[i]];
     }
-    lf_paged_kv kv = {(float *const *)e->kv_k, (float *const *)e->kv_v, BS, lf_kv_pool_blocks(e->pool)};
+    lf_paged_kv kv = {e->kv_k, e->kv_v, BS, lf_kv_pool_blocks(e->pool), lf_kv_pool_dtype(e->pool)};
     lf_err err = {0};
     lf_status st = lf_batch_forward(e->batch, &kv, sorted, nseg, e->logits, &err);
     e->n_steps++;
@@ -819,7 +819,8 @@ lf_status lf_engine_create(lf_model *m, const lf_tokenizer *tok, const lf_engine
         st = lf_err_set(err, LF_EINVAL, "max_model_len must be >= 2, got %lld", (long long)p->max_model_len);
         goto fail;
     }
-    size_t per_token = (size_t)(2 * c->L * c->KH * c->D) * sizeof(float);
+    const lf_dtype kvdt = lf_model_compute_dtype(m); /* the KV cache holds the compute dtype */
+    size_t per_token = lf_act_bytes(kvdt, 2 * c->L * c->KH * c->D);
     int64_t blocks_per_seq = (p->max_model_len + p->block_size - 1) / p->block_size;
     if (p->kv_cache_bytes == 0) {
         int64_t nseq = 2 * p->max_batch_size > 8 ? 2 * p->max_batch_size : 8;
@@ -837,10 +838,11 @@ lf_status lf_engine_create(lf_model *m, const lf_tokenizer *tok, const lf_engine
                         (double)blocks_per_seq * (double)block_bytes / 1048576.0);
         goto fail;
     }
-    LF_TRY(lf_kv_pool_create(lf_model_backend(m), c->L, c->KH, c->D, p->block_size, p->kv_cache_bytes, &e->pool, err));
+    LF_TRY(lf_kv_pool_create_dt(lf_model_backend(m), kvdt, c->L, c->KH, c->D, p->block_size, p->kv_cache_bytes, &e->pool,
+                                err));
     const int64_t NB = p->max_batch_size;
-    e->kv_k = calloc((size_t)c->L, sizeof(float *));
-    e->kv_v = calloc((size_t)c->L, sizeof(float *));
+    e->kv_k = calloc((size_t)c->L, sizeof(void *));
+    e->kv_v = calloc((size_t)c->L, sizeof(void *));
     e->segs = calloc((size_t)(2 * NB), sizeof *e->segs);
     e->seg_seq = calloc((size_t)(2 * NB), sizeof *e->seg_seq);
     e->seg_work = calloc((size_t)NB, sizeof *e->seg_work);

@@ -12,9 +12,11 @@
 struct lf_kv_pool {
     lf_backend *be; /* borrowed */
     int64_t L, KH, D, BS, NB;
-    int64_t row;      /* floats per slot: KH * D */
-    int64_t plane;    /* floats per layer's K (or V): NB * BS * KH * D */
-    float *base;      /* owned, backend memory [L, 2, NB, BS, KH, D] */
+    lf_dtype dt;      /* element type of K and V (F32, BF16, F16) */
+    int64_t esz;      /* bytes per element */
+    int64_t row;      /* elements per slot: KH * D */
+    int64_t plane;    /* elements per layer's K (or V): NB * BS * KH * D */
+    char *base;       /* owned, backend memory [L, 2, NB, BS, KH, D] */
     size_t bytes;     /* of base */
     int32_t *free_ids; /* owned host [NB]: the free stack, first n_free valid */
     int64_t n_free;
@@ -28,29 +30,39 @@ struct lf_kv_pool {
 
 lf_status lf_kv_pool_create(lf_backend *be, int64_t L, int64_t KH, int64_t D, int64_t BS, size_t budget_bytes,
                             lf_kv_pool **out, lf_err *err) {
+    return lf_kv_pool_create_dt(be, LF_DTYPE_F32, L, KH, D, BS, budget_bytes, out, err);
+}
+
+lf_status lf_kv_pool_create_dt(lf_backend *be, lf_dtype dt, int64_t L, int64_t KH, int64_t D, int64_t BS,
+                               size_t budget_bytes, lf_kv_pool **out, lf_err *err) {
     lf_status st = LF_OK;
     *out = NULL;
     lf_kv_pool *p = NULL;
+    if (!lf_act_dtype_ok(dt))
+        return lf_err_set(err, LF_EINVAL, "kv pool: dtype %s is not a KV cache dtype (F32, BF16, F16)", lf_dtype_name(dt));
+    const int64_t esz = lf_dtype_bits(dt) / 8;
     if (!be || L < 1 || KH < 1 || D < 1 || BS < 1)
         return lf_err_set(err, LF_EINVAL, "kv pool: bad size L=%lld KH=%lld D=%lld BS=%lld%s", (long long)L,
                           (long long)KH, (long long)D, (long long)BS, be ? "" : " (no backend)");
     /* bytes per block over all layers, K and V; the sizes are model dims, far from overflowing int64 */
-    const double block_bytes_d = 2.0 * (double)L * (double)BS * (double)KH * (double)D * 4.0;
+    const double block_bytes_d = 2.0 * (double)L * (double)BS * (double)KH * (double)D * (double)esz;
     if (block_bytes_d > 9.0e18)
         return lf_err_set(err, LF_EINVAL, "kv pool: block of %.3g bytes is too large", block_bytes_d);
-    const uint64_t block_bytes = (uint64_t)(2 * L * BS * KH * D * 4);
+    const uint64_t block_bytes = (uint64_t)(2 * L * BS * KH * D * esz);
     uint64_t nb = (uint64_t)budget_bytes / block_bytes;
     if (nb > INT32_MAX) nb = INT32_MAX;
     if (nb < 1)
         return lf_err_set(err, LF_EINVAL,
-                          "kv pool: budget of %zu bytes holds no block (one block = 2*L*BS*KH*D*4 = %llu bytes with "
-                          "L=%lld BS=%lld KH=%lld D=%lld)",
-                          budget_bytes, (unsigned long long)block_bytes, (long long)L, (long long)BS, (long long)KH,
-                          (long long)D);
+                          "kv pool: budget of %zu bytes holds no block (one block = 2*L*BS*KH*D*%lld = %llu bytes with "
+                          "L=%lld BS=%lld KH=%lld D=%lld, %s)",
+                          budget_bytes, (long long)esz, (unsigned long long)block_bytes, (long long)L, (long long)BS,
+                          (long long)KH, (long long)D, lf_dtype_name(dt));
     p = calloc(1, sizeof *p);
     LF_CHECK_ALLOC(p, err);
     p->be = be;
     p->L = L, p->KH = KH, p->D = D, p->BS = BS, p->NB = (int64_t)nb;
+    p->dt = dt;
+    p->esz = esz;
     p->row = KH * D;
     p->plane = p->NB * BS * p->row;
     p->bytes = (size_t)(nb * block_bytes);
@@ -93,14 +105,16 @@ int64_t lf_kv_pool_kv_heads(const lf_kv_pool *pool) { return pool->KH; }
 int64_t lf_kv_pool_head_dim(const lf_kv_pool *pool) { return pool->D; }
 int64_t lf_kv_pool_free_blocks(const lf_kv_pool *pool) { return pool->n_free; }
 
-float *lf_kv_pool_k(lf_kv_pool *pool, int64_t l) {
+lf_dtype lf_kv_pool_dtype(const lf_kv_pool *pool) { return pool->dt; }
+
+void *lf_kv_pool_k(lf_kv_pool *pool, int64_t l) {
     LF_ASSERT(l >= 0 && l < pool->L);
-    return pool->base + (2 * l) * pool->plane;
+    return pool->base + (size_t)((2 * l) * pool->plane * pool->esz);
 }
 
-float *lf_kv_pool_v(lf_kv_pool *pool, int64_t l) {
+void *lf_kv_pool_v(lf_kv_pool *pool, int64_t l) {
     LF_ASSERT(l >= 0 && l < pool->L);
-    return pool->base + (2 * l + 1) * pool->plane;
+    return pool->base + (size_t)((2 * l + 1) * pool->plane * pool->esz);
 }
 
 int32_t lf_kv_pool_refcount(const lf_kv_pool *pool, int32_t b) {
@@ -210,11 +224,11 @@ lf_status lf_kv_seq_reserve(lf_kv_pool *pool, lf_kv_seq *seq, int64_t new_total,
     LF_TRY(seq_grow(seq, want, err));
     if (cow) { /* copy the shared last block (every layer's K and V), then swap it in */
         const int32_t old = seq->blocks[seq->n_blocks - 1], nb = pool_pop(pool);
-        const size_t nbytes = (size_t)(pool->BS * pool->row) * sizeof(float);
+        const size_t nbytes = (size_t)(pool->BS * pool->row * pool->esz);
         for (int64_t l = 0; l < 2 * pool->L; l++) {
-            float *plane = pool->base + l * pool->plane;
-            if (pool->be->ops->copy(pool->be, plane + (int64_t)nb * pool->BS * pool->row,
-                                    plane + (int64_t)old * pool->BS * pool->row, nbytes) != LF_OK) {
+            char *plane = pool->base + (size_t)(l * pool->plane * pool->esz);
+            if (pool->be->ops->copy(pool->be, plane + (size_t)nb * nbytes, plane + (size_t)old * nbytes, nbytes) !=
+                LF_OK) {
                 pool_unref(pool, nb);
                 st = lf_err_set(err, pool->be->err.code ? pool->be->err.code : LF_EINVAL,
                                 "kv seq: copying shared block %d: %s", (int)old, pool->be->err.msg);
@@ -304,13 +318,13 @@ static lf_status rows_check(const lf_kv_pool *pool, const lf_kv_seq *seq, int64_
 /* Moves the rows of positions pos0..pos0+T-1 between plane and packed rows [T, KH*D], one backend copy per run
  * of positions inside one block: from `in` into the pool (scatter) when in != NULL, else from the pool into
  * `out` (gather). */
-static lf_status rows_copy(lf_kv_pool *pool, const lf_kv_seq *seq, float *plane, const float *in, float *out,
+static lf_status rows_copy(lf_kv_pool *pool, const lf_kv_seq *seq, char *plane, const char *in, char *out,
                            int64_t pos0, int64_t T, lf_err *err) {
-    const int64_t BS = pool->BS, R = pool->row;
+    const int64_t BS = pool->BS, R = pool->row * pool->esz; /* bytes per slot */
     for (int64_t j = pos0; j < pos0 + T;) {
         const int64_t b = j / BS, s = j - b * BS, n = (BS - s) < (pos0 + T - j) ? (BS - s) : (pos0 + T - j);
-        float *slot = plane + ((int64_t)seq->blocks[b] * BS + s) * R;
-        const size_t nbytes = (size_t)(n * R) * sizeof(float);
+        char *slot = plane + ((int64_t)seq->blocks[b] * BS + s) * R;
+        const size_t nbytes = (size_t)(n * R);
         lf_status st = in ? pool->be->ops->copy(pool->be, slot, in + (j - pos0) * R, nbytes)
                           : pool->be->ops->copy(pool->be, out + (j - pos0) * R, slot, nbytes);
         if (st != LF_OK)
@@ -321,8 +335,8 @@ static lf_status rows_copy(lf_kv_pool *pool, const lf_kv_seq *seq, float *plane,
     return LF_OK;
 }
 
-lf_status lf_kv_write(lf_kv_pool *pool, const lf_kv_seq *seq, int64_t l, int64_t pos0, int64_t T, const float *k,
-                      const float *v, lf_err *err) {
+lf_status lf_kv_write(lf_kv_pool *pool, const lf_kv_seq *seq, int64_t l, int64_t pos0, int64_t T, const void *k,
+                      const void *v, lf_err *err) {
     lf_status st = rows_check(pool, seq, l, pos0, T, "write", err);
     if (st != LF_OK) return st;
     if (T == 0) return LF_OK;
@@ -333,15 +347,15 @@ lf_status lf_kv_write(lf_kv_pool *pool, const lf_kv_seq *seq, int64_t l, int64_t
                               "kv write: block %d (positions %lld..%lld) is shared by %d sequences and read-only",
                               (int)seq->blocks[b], (long long)(b * pool->BS), (long long)((b + 1) * pool->BS - 1),
                               (int)pool->ref[seq->blocks[b]]);
-    if ((st = rows_copy(pool, seq, lf_kv_pool_k(pool, l), k, NULL, pos0, T, err)) != LF_OK) return st;
-    return rows_copy(pool, seq, lf_kv_pool_v(pool, l), v, NULL, pos0, T, err);
+    if ((st = rows_copy(pool, seq, lf_kv_pool_k(pool, l), (const char *)k, NULL, pos0, T, err)) != LF_OK) return st;
+    return rows_copy(pool, seq, lf_kv_pool_v(pool, l), (const char *)v, NULL, pos0, T, err);
 }
 
-lf_status lf_kv_read(lf_kv_pool *pool, const lf_kv_seq *seq, int64_t l, int64_t pos0, int64_t T, float *k, float *v,
+lf_status lf_kv_read(lf_kv_pool *pool, const lf_kv_seq *seq, int64_t l, int64_t pos0, int64_t T, void *k, void *v,
                      lf_err *err) {
     lf_status st = rows_check(pool, seq, l, pos0, T, "read", err);
     if (st != LF_OK) return st;
-    if (k && (st = rows_copy(pool, seq, lf_kv_pool_k(pool, l), NULL, k, pos0, T, err)) != LF_OK) return st;
-    if (v && (st = rows_copy(pool, seq, lf_kv_pool_v(pool, l), NULL, v, pos0, T, err)) != LF_OK) return st;
+    if (k && (st = rows_copy(pool, seq, lf_kv_pool_k(pool, l), NULL, (char *)k, pos0, T, err)) != LF_OK) return st;
+    if (v && (st = rows_copy(pool, seq, lf_kv_pool_v(pool, l), NULL, (char *)v, pos0, T, err)) != LF_OK) return st;
     return LF_OK;
 }

@@ -1,7 +1,8 @@
 /* kvcache.h - the paged KV cache for serving: one preallocated pool of fixed-size blocks per model, and each
  * sequence's block table into it (free list, O(1) block alloc/free, copy-on-write sharing, counters).
  *
- * Layout: for each layer l, K and V are [NB, BS, KH, D] f32 in the backend's memory (one allocation for all
+ * Layout: for each layer l, K and V are [NB, BS, KH, D] of the pool's dtype (F32, BF16 or F16; the model's
+ * compute dtype in serving) in the backend's memory (one allocation for all
  * layers); block b, slot s is pool row b * BS + s. A sequence's logical position j lives in block
  * seq->blocks[j / BS], slot j % BS: exactly what backend.h's attention_paged_forward reads, given
  * lf_kv_pool_k/v(pool, l), lf_kv_seq_table(seq), lf_kv_seq_n_blocks(seq) and BS.
@@ -64,6 +65,12 @@ typedef struct lf_kv_seq {
  * pool contents start undefined (only slots a sequence wrote are read). */
 lf_status lf_kv_pool_create(lf_backend *be, int64_t L, int64_t KH, int64_t D, int64_t BS, size_t budget_bytes,
                             lf_kv_pool **out, lf_err *err);
+/* The same with elements of dtype dt (F32, BF16, F16; the 4 above becomes its size): a bf16 pool holds twice
+ * the blocks of an f32 one in the same budget. */
+lf_status lf_kv_pool_create_dt(lf_backend *be, lf_dtype dt, int64_t L, int64_t KH, int64_t D, int64_t BS,
+                               size_t budget_bytes, lf_kv_pool **out, lf_err *err);
+/* Element dtype of K and V. */
+lf_dtype lf_kv_pool_dtype(const lf_kv_pool *pool);
 /* Frees the backend allocation and the pool. Sequences still holding blocks must not be used afterwards
  * (lf_kv_seq_free on them after the pool is gone is not allowed). NULL is a no-op. */
 void lf_kv_pool_free(lf_kv_pool *pool);
@@ -77,8 +84,8 @@ int64_t lf_kv_pool_head_dim(const lf_kv_pool *pool);
 int64_t lf_kv_pool_free_blocks(const lf_kv_pool *pool);
 /* Layer l's K / V pools [NB, BS, KH, D] in the backend's memory (borrowed), for attention_paged_forward.
  * l must be in [0, L) (asserted). */
-float *lf_kv_pool_k(lf_kv_pool *pool, int64_t l);
-float *lf_kv_pool_v(lf_kv_pool *pool, int64_t l);
+void *lf_kv_pool_k(lf_kv_pool *pool, int64_t l);
+void *lf_kv_pool_v(lf_kv_pool *pool, int64_t l);
 /* Reference count of block id b (0 = free). For tests and debugging. */
 int32_t lf_kv_pool_refcount(const lf_kv_pool *pool, int32_t b);
 /* Counters, from any thread (atomic loads; fields may come from slightly different instants). */
@@ -123,11 +130,11 @@ lf_status lf_kv_seq_table_upload(lf_kv_pool *pool, const lf_kv_seq *seq, int32_t
  * positions pos0 .. pos0+T-1, one be->ops->copy per run of positions inside a block. Needs 0 <= pos0,
  * pos0 + T <= n_tokens (reserve first), non-NULL k and v, and every touched block unshared; LF_EINVAL
  * otherwise, before anything is written. */
-lf_status lf_kv_write(lf_kv_pool *pool, const lf_kv_seq *seq, int64_t l, int64_t pos0, int64_t T, const float *k,
-                      const float *v, lf_err *err);
+lf_status lf_kv_write(lf_kv_pool *pool, const lf_kv_seq *seq, int64_t l, int64_t pos0, int64_t T, const void *k,
+                      const void *v, lf_err *err);
 /* The converse gather: k[T,KH,D], v[T,KH,D] (backend memory; either may be NULL) from layer l's slots of
  * positions pos0 .. pos0+T-1 (within [0, n_tokens)). For tests, debugging, and swapping a sequence out. */
-lf_status lf_kv_read(lf_kv_pool *pool, const lf_kv_seq *seq, int64_t l, int64_t pos0, int64_t T, float *k, float *v,
+lf_status lf_kv_read(lf_kv_pool *pool, const lf_kv_seq *seq, int64_t l, int64_t pos0, int64_t T, void *k, void *v,
                      lf_err *err);
 
 #ifdef __cplusplus

@@ -17,7 +17,7 @@
 
 #define ATT_BK 32 /* keys per online-softmax block */
 
-static lf_status att_check(const int32_t *pos, int64_t T, int64_t S, int64_t H, int64_t KH, int64_t D, lf_err *err) {
+lf_status lf_cpu_attention_check(const int32_t *pos, int64_t T, int64_t S, int64_t H, int64_t KH, int64_t D, lf_err *err) {
     if (T < 0 || S < 1 || H < 1 || KH < 1 || D < 1)
         return lf_err_set(err, LF_EINVAL, "attention: bad size T=%lld S=%lld H=%lld KH=%lld D=%lld", (long long)T,
                           (long long)S, (long long)H, (long long)KH, (long long)D);
@@ -45,7 +45,7 @@ static inline int64_t att_lo(int64_t p, int64_t window) {
 lf_status lf_cpu_attention_forward_ref(float *out, const float *q, const float *k, const float *v, const int32_t *pos,
                                        int64_t T, int64_t S, int64_t H, int64_t KH, int64_t D, int64_t window,
                                        float scale, lf_err *err) {
-    lf_status st = att_check(pos, T, S, H, KH, D, err);
+    lf_status st = lf_cpu_attention_check(pos, T, S, H, KH, D, err);
     if (st != LF_OK) return st;
     const int64_t group = H / KH;
     double acc[LF_CPU_MAX_HEAD_DIM];
@@ -187,7 +187,7 @@ static void att_chunk(void *vrun, int64_t b, int64_t e, int tid) {
 lf_status lf_cpu_attention_forward(lf_backend *be, float *out, const float *q, const float *k, const float *v,
                                    const int32_t *pos, int64_t T, int64_t S, int64_t H, int64_t KH, int64_t D,
                                    int64_t window, float scale) {
-    lf_status st = att_check(pos, T, S, H, KH, D, &be->err);
+    lf_status st = lf_cpu_attention_check(pos, T, S, H, KH, D, &be->err);
     if (st != LF_OK) return st;
     att_job job = {
         .out = out, .q = q, .k = k, .v = v, .pos = pos, .H = H, .KH = KH, .D = D, .window = window, .scale = scale};

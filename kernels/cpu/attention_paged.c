@@ -37,7 +37,7 @@ static lf_status pa_check_ids(const int32_t *bt, int64_t b0, int64_t b1, int64_t
 /* Sizes, positions against n_blocks * BS, and the ids of every attended block. The blocks attended by the
  * queries seen so far are tracked as one interval [clo, chi], so sorted or chunked positions cost
  * O(T + n_blocks) and a block outside every query's window (e.g. freed and set to -1) is never read. */
-static lf_status pa_check(const int32_t *bt, int64_t n_blocks, int64_t BS, const int32_t *pos, int64_t T, int64_t H,
+lf_status lf_cpu_attention_paged_check(const int32_t *bt, int64_t n_blocks, int64_t BS, const int32_t *pos, int64_t T, int64_t H,
                           int64_t KH, int64_t D, int64_t window, lf_err *err) {
     if (T < 0 || n_blocks < 0 || BS < 1 || H < 1 || KH < 1 || D < 1)
         return lf_err_set(err, LF_EINVAL,
@@ -81,7 +81,7 @@ lf_status lf_cpu_attention_paged_forward_ref(float *out, const float *q, const f
                                              const int32_t *block_table, int64_t n_blocks, int64_t BS,
                                              const int32_t *pos, int64_t T, int64_t H, int64_t KH, int64_t D,
                                              int64_t window, float scale, lf_err *err) {
-    lf_status st = pa_check(block_table, n_blocks, BS, pos, T, H, KH, D, window, err);
+    lf_status st = lf_cpu_attention_paged_check(block_table, n_blocks, BS, pos, T, H, KH, D, window, err);
     if (st != LF_OK) return st;
     const int64_t group = H / KH;
     double acc[LF_CPU_MAX_HEAD_DIM];
@@ -245,7 +245,7 @@ lf_status lf_cpu_attention_paged_forward(lf_backend *be, float *out, const float
                                          const float *vpool, const int32_t *block_table, int64_t n_blocks,
                                          int64_t BS, const int32_t *pos, int64_t T, int64_t H, int64_t KH,
                                          int64_t D, int64_t window, float scale) {
-    lf_status st = pa_check(block_table, n_blocks, BS, pos, T, H, KH, D, window, &be->err);
+    lf_status st = lf_cpu_attention_paged_check(block_table, n_blocks, BS, pos, T, H, KH, D, window, &be->err);
     if (st != LF_OK) return st;
     if (T == 0) return LF_OK;
     pa_job job = {.out = out,

@@ -1,6 +1,7 @@
 /* backend_cpu.c - the CPU backend: its op table, lifetime (pool + scratch sized at create time), host memory
  * (64-byte aligned malloc, memcpy transfers) and the run-time SIMD switch. The ops live one family per file
- * (embedding.c rmsnorm.c matmul.c rope.c attention.c elementwise.c softmax.c; training: matmul_backward.c,
+ * (typed.c holds the typed entries of the table and sends all-f32 calls to the f32 kernels:
+ * embedding.c rmsnorm.c matmul.c rope.c attention.c elementwise.c softmax.c; training: matmul_backward.c,
  * attention_train.c, elementwise_backward.c), declared in cpu_ops.h. */
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -132,16 +133,20 @@ static const lf_backend_ops cpu_ops = {
     .download = cpu_download,
     .copy = cpu_copy,
     .synchronize = cpu_synchronize,
-    .embedding_forward = lf_cpu_embedding_forward,
-    .rmsnorm_forward = lf_cpu_rmsnorm_forward,
-    .matmul_forward = lf_cpu_matmul_forward,
-    .rope_forward = lf_cpu_rope_forward,
-    .attention_forward = lf_cpu_attention_forward,
-    .swiglu_forward = lf_cpu_swiglu_forward,
-    .residual_forward = lf_cpu_residual_forward,
-    .softmax_forward = lf_cpu_softmax_forward,
-    .matmul_q4_forward = lf_cpu_matmul_q4_forward,
-    .attention_paged_forward = lf_cpu_attention_paged_forward,
+    .embedding_forward = lf_cpu_op_embedding,
+    .rmsnorm_forward = lf_cpu_op_rmsnorm,
+    .matmul_forward = lf_cpu_op_matmul,
+    .rope_forward = lf_cpu_op_rope,
+    .attention_forward = lf_cpu_op_attention,
+    .swiglu_forward = lf_cpu_op_swiglu,
+    .residual_forward = lf_cpu_op_residual,
+    .softmax_forward = lf_cpu_op_softmax,
+    .matmul_q4_forward = lf_cpu_op_matmul_q4,
+    .attention_paged_forward = lf_cpu_op_attention_paged,
+    .add_scaled_forward = lf_cpu_op_add_scaled,
+    .dora_combine_forward = lf_cpu_op_dora_combine,
+    .convert = lf_cpu_op_convert,
+    .supports_op = lf_cpu_op_supports,
     .matmul_backward = lf_cpu_matmul_backward,
     .matmul_q4_backward = lf_cpu_matmul_q4_backward,
     .rmsnorm_backward = lf_cpu_rmsnorm_backward,
@@ -159,6 +164,7 @@ lf_backend *lf_backend_cpu_create(int n_threads) {
     if (!be || !c) goto fail;
     be->name = "cpu";
     be->device = LF_DEVICE_CPU;
+    be->host_memory = 1;
     be->ops = &cpu_ops;
     be->ctx = c;
     c->pool = lf_pool_create(n_threads);

@@ -62,6 +62,8 @@ static inline int64_t lf_cpu_grain(int64_t item_cost, int64_t work) {
 /* ---- embedding.c ---- */
 /* out[T,C] = wte[tokens[t], :]; wte [V,C] F32/BF16/F16. LF_EINVAL (with id and position) on an id outside
  * [0, V); LF_EUNSUPPORTED on another dtype. out is untouched on failure. */
+/* Argument checks shared by the f32 paths and the typed references (typed.c). */
+lf_status lf_cpu_embedding_check(const int32_t *tokens, const lf_tensor *wte, int64_t T, lf_err *err);
 lf_status lf_cpu_embedding_forward_ref(float *out, const int32_t *tokens, const lf_tensor *wte, int64_t T, lf_err *err);
 lf_status lf_cpu_embedding_forward(lf_backend *be, float *out, const int32_t *tokens, const lf_tensor *wte, int64_t T);
 
@@ -74,6 +76,8 @@ lf_status lf_cpu_rmsnorm_forward(lf_backend *be, float *out, const float *inp, c
 /* ---- matmul.c ---- */
 /* out[T,OC] = inp[T,C] @ weight[OC,C]^T (+ bias[OC]); weight F32/BF16/F16 (LF_EUNSUPPORTED otherwise).
  * The ref accumulates in double. */
+/* Sizes, weight shape [OC, C], dtype and memory: the checks of every dense matmul entry (LF_EINVAL/EUNSUPPORTED). */
+lf_status lf_cpu_matmul_check(const lf_tensor *weight, int64_t T, int64_t C, int64_t OC, lf_err *err);
 lf_status lf_cpu_matmul_forward_ref(float *out, const float *inp, const lf_tensor *weight, const float *bias, int64_t T,
                                     int64_t C, int64_t OC, lf_err *err);
 lf_status lf_cpu_matmul_forward(lf_backend *be, float *out, const float *inp, const lf_tensor *weight,
@@ -89,6 +93,8 @@ lf_status lf_cpu_rope_forward(lf_backend *be, float *x, const int32_t *pos, cons
 /* ---- attention.c ---- */
 /* Causal GQA attention as backend.h: q[T,H,D], k,v [S,KH,D], pos[T] in [0, S), out[T,H,D]. The ref is
  * two-pass in double and returns LF_EINVAL on a position outside [0, S) or H % KH != 0. */
+lf_status lf_cpu_attention_check(const int32_t *pos, int64_t T, int64_t S, int64_t H, int64_t KH, int64_t D,
+                                 lf_err *err);
 lf_status lf_cpu_attention_forward_ref(float *out, const float *q, const float *k, const float *v, const int32_t *pos,
                                        int64_t T, int64_t S, int64_t H, int64_t KH, int64_t D, int64_t window,
                                        float scale, lf_err *err);
@@ -108,6 +114,34 @@ lf_status lf_cpu_residual_forward(lf_backend *be, float *out, const float *a, co
 /* out[R,V] = exp(inp - rowmax) / sum(exp(inp - rowmax)) per row; out may alias inp. */
 void lf_cpu_softmax_forward_ref(float *out, const float *inp, int64_t R, int64_t V);
 lf_status lf_cpu_softmax_forward(lf_backend *be, float *out, const float *inp, int64_t R, int64_t V);
+
+/* ---- typed.c: the op table's inference entries (backend.h signatures and contracts) ----
+ * All-f32 calls go to the fast entry points of each family; any BF16/F16 activation goes to a plain typed
+ * reference (double accumulation, one rounding per output element, matmul and attention threaded over rows)
+ * that checks its arguments as the f32 path does. dora_combine and convert have no separate fast path. */
+lf_status lf_cpu_op_embedding(lf_backend *be, lf_act out, const int32_t *tokens, const lf_tensor *wte, int64_t T);
+lf_status lf_cpu_op_rmsnorm(lf_backend *be, lf_act out, lf_act inp, const float *weight, int64_t T, int64_t C,
+                            float eps);
+lf_status lf_cpu_op_matmul(lf_backend *be, lf_act out, lf_act inp, const lf_tensor *weight, const float *bias,
+                           int64_t T, int64_t C, int64_t OC);
+lf_status lf_cpu_op_matmul_q4(lf_backend *be, lf_act out, lf_act inp, const struct lf_quant_state *w,
+                              const float *bias, int64_t T, int64_t C, int64_t OC);
+lf_status lf_cpu_op_rope(lf_backend *be, lf_act x, const int32_t *pos, const float *inv_freq, int64_t T, int64_t NH,
+                         int64_t D);
+lf_status lf_cpu_op_attention(lf_backend *be, lf_act out, lf_act q, lf_act k, lf_act v, const int32_t *pos, int64_t T,
+                              int64_t S, int64_t H, int64_t KH, int64_t D, int64_t window, float scale);
+lf_status lf_cpu_op_attention_paged(lf_backend *be, lf_act out, lf_act q, lf_act kpool, lf_act vpool,
+                                    const int32_t *block_table, int64_t n_blocks, int64_t BS, const int32_t *pos,
+                                    int64_t T, int64_t H, int64_t KH, int64_t D, int64_t window, float scale);
+lf_status lf_cpu_op_swiglu(lf_backend *be, lf_act out, lf_act gate, lf_act up, int64_t N);
+lf_status lf_cpu_op_residual(lf_backend *be, lf_act out, lf_act x, lf_act y, int64_t N);
+lf_status lf_cpu_op_add_scaled(lf_backend *be, lf_act y, lf_act x, float alpha, int64_t N);
+lf_status lf_cpu_op_softmax(lf_backend *be, lf_act out, lf_act inp, int64_t R, int64_t V);
+lf_status lf_cpu_op_dora_combine(lf_backend *be, lf_act out, lf_act lo, const float *mag, const float *wn,
+                                 const float *bias, float scale, int64_t T, int64_t OC);
+lf_status lf_cpu_op_convert(lf_backend *be, lf_act dst, lf_act src, int64_t N);
+/* supports_op of the CPU backend: every op, activations F32/BF16/F16 (training ops: f32, n = 0). */
+int lf_cpu_op_supports(const lf_backend *be, lf_op op, const lf_dtype *dt, int n);
 
 /* ==== training ops (backend.h "training ops"): gradients ACCUMULATE (+=) into d* outputs, NULL ones are
  * skipped; rope_backward and crossentropy overwrite. The refs work in double (rope: the f32 arithmetic of the

@@ -28,6 +28,9 @@ extern "C" {
  * max(0, pos[t]-window+1) .. pos[t] (window <= 0: no window), scores scaled by `scale`.
  * q[T,H,D], kpool/vpool [NB,BS,KH,D], block_table[n_blocks], pos[T] -> out[T,H,D].
  * The ref is two passes in double (the spec); fills err (may be NULL) on bad input. */
+/* The argument checks of both (sizes, positions, the ids of every attended block). */
+lf_status lf_cpu_attention_paged_check(const int32_t *bt, int64_t n_blocks, int64_t BS, const int32_t *pos, int64_t T,
+                                       int64_t H, int64_t KH, int64_t D, int64_t window, lf_err *err);
 lf_status lf_cpu_attention_paged_forward_ref(float *out, const float *q, const float *kpool, const float *vpool,
                                              const int32_t *block_table, int64_t n_blocks, int64_t BS,
                                              const int32_t *pos, int64_t T, int64_t H, int64_t KH, int64_t D,

@@ -8,7 +8,7 @@
 
 #include "kernels/cpu/cpu_ops.h"
 
-static lf_status emb_check(const int32_t *tokens, const lf_tensor *wte, int64_t T, lf_err *err) {
+lf_status lf_cpu_embedding_check(const int32_t *tokens, const lf_tensor *wte, int64_t T, lf_err *err) {
     if (!wte || wte->ndim != 2)
         return lf_err_set(err, LF_EINVAL, "embedding: wte must be 2-D [V, C], got ndim %d", wte ? wte->ndim : -1);
     lf_dtype dt = wte->dtype;
@@ -28,7 +28,7 @@ static lf_status emb_check(const int32_t *tokens, const lf_tensor *wte, int64_t 
 
 lf_status lf_cpu_embedding_forward_ref(float *out, const int32_t *tokens, const lf_tensor *wte, int64_t T,
                                        lf_err *err) {
-    lf_status st = emb_check(tokens, wte, T, err);
+    lf_status st = lf_cpu_embedding_check(tokens, wte, T, err);
     if (st != LF_OK) return st;
     int64_t C = wte->shape[1];
     for (int64_t t = 0; t < T; t++) {
@@ -100,7 +100,7 @@ static void emb_chunk(void *vjob, int64_t t0, int64_t t1, int tid) {
 }
 
 lf_status lf_cpu_embedding_forward(lf_backend *be, float *out, const int32_t *tokens, const lf_tensor *wte, int64_t T) {
-    lf_status st = emb_check(tokens, wte, T, &be->err);
+    lf_status st = lf_cpu_embedding_check(tokens, wte, T, &be->err);
     if (st != LF_OK) return st;
     if (wte->device != LF_DEVICE_CPU) return lf_err_set(&be->err, LF_EINVAL, "embedding: wte is not in CPU memory");
     emb_job job = {.out = out, .tokens = tokens, .wte = wte, .simd = lf_cpu_simd()};

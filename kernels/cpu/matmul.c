@@ -412,20 +412,27 @@ static int ranges_overlap(const void *a, size_t na, const void *b, size_t nb) {
     return na && nb && pa < pb + nb && pb < pa + na;
 }
 
-lf_status lf_cpu_matmul_forward(lf_backend *be, float *out, const float *inp, const lf_tensor *weight,
-                                const float *bias, int64_t T, int64_t C, int64_t OC) {
+lf_status lf_cpu_matmul_check(const lf_tensor *weight, int64_t T, int64_t C, int64_t OC, lf_err *err) {
     lf_dtype dt = weight ? weight->dtype : LF_DTYPE_INVALID;
     if (T < 0 || C < 0 || OC < 0)
-        return lf_err_set(&be->err, LF_EINVAL, "matmul: negative size T=%lld C=%lld OC=%lld", (long long)T,
-                          (long long)C, (long long)OC);
+        return lf_err_set(err, LF_EINVAL, "matmul: negative size T=%lld C=%lld OC=%lld", (long long)T, (long long)C,
+                          (long long)OC);
     if (!weight || weight->ndim != 2 || weight->shape[0] != OC || weight->shape[1] != C)
-        return lf_err_set(&be->err, LF_EINVAL, "matmul: weight must be [OC=%lld, C=%lld], got ndim %d [%lld, %lld]",
+        return lf_err_set(err, LF_EINVAL, "matmul: weight must be [OC=%lld, C=%lld], got ndim %d [%lld, %lld]",
                           (long long)OC, (long long)C, weight ? weight->ndim : -1,
                           weight ? (long long)weight->shape[0] : -1LL, weight ? (long long)weight->shape[1] : -1LL);
     if (dt != LF_DTYPE_F32 && dt != LF_DTYPE_BF16 && dt != LF_DTYPE_F16)
-        return lf_err_set(&be->err, LF_EUNSUPPORTED, "matmul: weight dtype %s is not supported (F32, BF16, F16)",
+        return lf_err_set(err, LF_EUNSUPPORTED, "matmul: weight dtype %s is not supported (F32, BF16, F16)",
                           lf_dtype_name(dt));
-    if (weight->device != LF_DEVICE_CPU) return lf_err_set(&be->err, LF_EINVAL, "matmul: weight is not in CPU memory");
+    if (weight->device != LF_DEVICE_CPU) return lf_err_set(err, LF_EINVAL, "matmul: weight is not in CPU memory");
+    return LF_OK;
+}
+
+lf_status lf_cpu_matmul_forward(lf_backend *be, float *out, const float *inp, const lf_tensor *weight,
+                                const float *bias, int64_t T, int64_t C, int64_t OC) {
+    lf_status cs = lf_cpu_matmul_check(weight, T, C, OC, &be->err);
+    if (cs != LF_OK) return cs;
+    const lf_dtype dt = weight->dtype;
     if (ranges_overlap(out, (size_t)(T * OC) * sizeof(float), inp, (size_t)(T * C) * sizeof(float)))
         return lf_err_set(&be->err, LF_EINVAL, "matmul: out must not alias inp");
     if (T == 0 || OC == 0) return LF_OK;

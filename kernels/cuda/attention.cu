@@ -1,6 +1,8 @@
 /* attention.cu - attention_forward: causal grouped-query attention with an optional sliding window.
  *
- * q[T,H,D]; k, v: [S,KH,D] (cache row j holds position j); out[T,H,D]. Query t at position p = pos[t]
+ * q[T,H,D]; k, v: [S,KH,D] (cache row j holds position j); out[T,H,D]. q, k, v share one dtype (F32, BF16 or
+ * F16: the kernel's template parameter), out any of the three (written through lf_dyn); scores, softmax and
+ * the weighted sum of v run in f32 on widened elements, each output element rounded once. Query t at position p = pos[t]
  * attends keys j in [max(0, p - window + 1), p] (window <= 0: [0, p]) with weights softmax(scale * q.k_j);
  * query head h reads KV head h / (H / KH).
  *
@@ -20,9 +22,10 @@
 #define ATT_WARPS 8
 #define ATT_MAX_D 1024
 
+template <typename Tq>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
-    attention_kernel(float *out, const float *q, const float *k, const float *v, const int32_t *pos, int64_t S,
-                     int64_t H, int64_t KH, int64_t D, int64_t window, float scale) {
+    attention_kernel(lf_dyn out, const Tq *q, const Tq *k, const Tq *v, const int32_t *pos, int64_t S, int64_t H,
+                     int64_t KH, int64_t D, int64_t window, float scale) {
     extern __shared__ float smem[];
     float *q_s = smem;                      /* [D] this block's query row */
     float *acc_all = q_s + D;               /* [ATT_WARPS, D] per-warp unnormalised outputs */
@@ -32,10 +35,10 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     const int64_t t = blockIdx.x / H, h = blockIdx.x % H;
     const int64_t kh = h / (H / KH);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const float *qr = q + (t * H + h) * D;
+    const Tq *qr = q + (t * H + h) * D;
     float *acc = acc_all + (int64_t)warp * D;
 
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) q_s[d] = qr[d];
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) q_s[d] = lf_ty<Tq>::ld(qr[d]);
     for (int64_t d = lane; d < D; d += 32) acc[d] = 0.0f;
     __syncthreads();
 
@@ -46,16 +49,16 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
 
     float m = -INFINITY, l = 0.0f;
     for (int64_t j = lo + warp; j <= hi; j += ATT_WARPS) {
-        const float *kr = k + (j * KH + kh) * D;
-        const float *vr = v + (j * KH + kh) * D;
+        const Tq *kr = k + (j * KH + kh) * D;
+        const Tq *vr = v + (j * KH + kh) * D;
         float s = 0.0f;
-        for (int64_t d = lane; d < D; d += 32) s += q_s[d] * kr[d];
+        for (int64_t d = lane; d < D; d += 32) s += q_s[d] * lf_ty<Tq>::ld(kr[d]);
         s = lf_warp_sum(s) * scale; /* every lane holds the score */
         const float m_new = fmaxf(m, s);
         const float corr = m == -INFINITY ? 0.0f : expf(m - m_new); /* rescale what was summed so far */
         const float e = expf(s - m_new);
         l = l * corr + e;
-        for (int64_t d = lane; d < D; d += 32) acc[d] = acc[d] * corr + e * vr[d];
+        for (int64_t d = lane; d < D; d += 32) acc[d] = acc[d] * corr + e * lf_ty<Tq>::ld(vr[d]);
         m = m_new;
     }
     if (lane == 0) {
@@ -71,19 +74,22 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     for (int w = 0; w < ATT_WARPS; w++)
         if (m_s[w] != -INFINITY) L += l_s[w] * expf(m_s[w] - M);
     const float inv_L = L > 0.0f ? 1.0f / L : 0.0f;
-    float *o = out + (t * H + h) * D;
+    const int64_t o = (t * H + h) * D;
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
         float acc_d = 0.0f;
         for (int w = 0; w < ATT_WARPS; w++)
             if (m_s[w] != -INFINITY) acc_d += acc_all[(int64_t)w * D + d] * expf(m_s[w] - M);
-        o[d] = acc_d * inv_L;
+        out.st(o + d, acc_d * inv_L);
     }
 }
 
-extern "C" lf_status lf_cuda_attention_forward(lf_backend *be, float *out, const float *q, const float *k,
-                                               const float *v, const int32_t *pos, int64_t T, int64_t S, int64_t H,
-                                               int64_t KH, int64_t D, int64_t window, float scale) {
+extern "C" lf_status lf_cuda_attention_forward(lf_backend *be, lf_act out, lf_act q, lf_act k, lf_act v,
+                                               const int32_t *pos, int64_t T, int64_t S, int64_t H, int64_t KH,
+                                               int64_t D, int64_t window, float scale) {
     lf_cuda_ctx *cx = lf_cuda_ctx_of(be);
+    const lf_act acts[4] = {out, q, k, v};
+    lf_status st = lf_cuda_acts_ok(be, LF_OP_ATTENTION, acts, 4);
+    if (st != LF_OK) return st;
     if (T < 0 || S <= 0 || H <= 0 || KH <= 0 || H % KH != 0 || D <= 0)
         return lf_err_set(&be->err, LF_EINVAL,
                           "attention: bad shape T=%lld S=%lld H=%lld KH=%lld D=%lld (H must be a multiple of KH)",
@@ -94,11 +100,14 @@ extern "C" lf_status lf_cuda_attention_forward(lf_backend *be, float *out, const
     if (T * H > INT_MAX)
         return lf_err_set(&be->err, LF_EINVAL, "attention: T*H=%lld too large", (long long)(T * H));
     if (T == 0) return LF_OK;
-    lf_status st = lf_cuda_enter(be);
+    st = lf_cuda_enter(be);
     if (st != LF_OK) return st;
     const size_t smem = ((size_t)(1 + ATT_WARPS) * (size_t)D + 2 * ATT_WARPS) * sizeof(float);
-    attention_kernel<<<(unsigned)(T * H), ATT_WARPS * 32, smem, cx->stream>>>(out, q, k, v, pos, S, H, KH, D, window,
-                                                                             scale);
+    lf_cuda_visit(q.dt, [&](auto tag) {
+        typedef typename decltype(tag)::type Tq;
+        attention_kernel<Tq><<<(unsigned)(T * H), ATT_WARPS * 32, smem, cx->stream>>>(
+            lf_dyn_of(out), (const Tq *)q.p, (const Tq *)k.p, (const Tq *)v.p, pos, S, H, KH, D, window, scale);
+    });
     LF_CUDA_LAUNCH_CHECK(&be->err);
     return LF_OK;
 }

@@ -1,9 +1,18 @@
 /* backend_cuda.cu - the CUDA backend: device selection, context (stream, cuBLASLt handle and workspace),
- * memory ops and the op table. The ops themselves live one family per file (matmul.cu, rmsnorm.cu, ...).
+ * memory ops, the op table and supports_op. The ops themselves live one family per file (matmul.cu,
+ * rmsnorm.cu, attention_paged.cu, ...).
+ *
+ * Capabilities (supports_op, and the same check at the top of every op): every inference op with F32, BF16
+ * and F16 activations in any combination, except attention and attention_paged, whose q, k, v (kpool,
+ * vpool) share one dtype (out may differ). The f32 training ops are not on CUDA yet: supports_op answers 0
+ * and their table entries return LF_EUNSUPPORTED (never NULL, so a caller that skips the check gets an
+ * error, not a crash).
  *
  * Lifetimes: lf_backend_cuda_create allocates everything the backend needs up front (stream, cuBLASLt and
- * cuBLAS handles, a 32 MiB cuBLASLt workspace, a pinned error flag); the only later growth is matmul's
- * bf16/f16 copy of its input (see matmul.cu) and matmul_q4's bf16 copy of a 4-bit weight (quant.cu).
+ * cuBLAS handles, a 32 MiB cuBLASLt workspace, attention_paged's 8 MiB split scratch, a pinned error flag);
+ * the only later growth is matmul's converted input / f32 staging output (see matmul.cu) and matmul_q4's
+ * bf16 copy of a 4-bit weight (quant.cu), each sized by the largest call seen, so a warm-up call at the
+ * largest shape leaves every later call allocation-free.
  * destroy (via lf_backend_free) waits for the stream, then frees all of it and the lf_backend itself.
  *
  * be->ctx is a cuda_ctx_full: the lf_cuda_ctx every op file sees (first member, so lf_cuda_ctx_of's cast
@@ -14,6 +23,7 @@
  * at once); copy and the ops return as soon as the work is queued. */
 #include "kernels/cuda/cuda_common.h" /* defines: LF_CHECK_CUDA..., lf_cuda_ctx, the lf_cuda_* launchers */
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,7 +49,9 @@ static void cuda_ctx_release(lf_cuda_ctx *cx) {
     if (cx->blas) (void)cublasDestroy(cx->blas);
     if (cx->lt) (void)cublasLtDestroy(cx->lt);
     if (cx->lt_ws) (void)cudaFree(cx->lt_ws);
-    if (cx->act16) (void)cudaFree(cx->act16);
+    if (cx->mm_in) (void)cudaFree(cx->mm_in);
+    if (cx->mm_out) (void)cudaFree(cx->mm_out);
+    if (cx->pa_part) (void)cudaFree(cx->pa_part);
     lf_cuda_q4_ws_release(&((cuda_ctx_full *)cx)->q4);
     if (cx->d_flag) (void)cudaFree(cx->d_flag);
     if (cx->h_flag) (void)cudaFreeHost(cx->h_flag);
@@ -116,6 +128,78 @@ static lf_status cuda_synchronize(lf_backend *be) {
     return LF_OK;
 }
 
+/* ---------------------------------------------------------------------------------------------------------
+ * Capabilities
+ * --------------------------------------------------------------------------------------------------------- */
+
+extern "C" int lf_cuda_supports_op(const lf_backend *be, lf_op op, const lf_dtype *dt, int n) {
+    (void)be;
+    if ((int)op < 0 || op >= LF_OP_COUNT || n != lf_op_n_act(op) || n == 0) return 0; /* n == 0: training ops */
+    if (!dt) return 0;
+    for (int i = 0; i < n; i++)
+        if (!lf_act_dtype_ok(dt[i])) return 0;
+    if (op == LF_OP_ATTENTION || op == LF_OP_ATTENTION_PAGED) /* q, k, v (pools) share one dtype */
+        return dt[1] == dt[2] && dt[2] == dt[3];
+    return 1;
+}
+
+extern "C" lf_status lf_cuda_acts_ok(lf_backend *be, lf_op op, const lf_act *a, int n) {
+    lf_dtype dt[4];
+    for (int i = 0; i < n && i < 4; i++) dt[i] = a[i].dt;
+    if (n <= 4 && lf_cuda_supports_op(be, op, dt, n)) return LF_OK;
+    char list[64] = "";
+    size_t used = 0;
+    for (int i = 0; i < n && i < 4; i++)
+        used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", lf_dtype_name(a[i].dt));
+    return lf_err_set(&be->err, LF_EUNSUPPORTED, "cuda %s: activation dtypes (%s) not supported%s", lf_op_name(op),
+                      list,
+                      (op == LF_OP_ATTENTION || op == LF_OP_ATTENTION_PAGED) ? " (q, k, v must share a dtype; each "
+                                                                                "F32, BF16 or F16)"
+                                                                              : " (F32, BF16, F16)");
+}
+
+/* The f32 training ops: not on CUDA yet (supports_op answers 0). */
+static lf_status cuda_no_training(lf_backend *be, lf_op op) {
+    return lf_err_set(&be->err, LF_EUNSUPPORTED, "cuda %s: not implemented on the CUDA backend (f32 training ops "
+                      "run on the CPU backend)", lf_op_name(op));
+}
+static lf_status cuda_matmul_backward(lf_backend *be, float *, float *, const float *, const float *,
+                                      const lf_tensor *, int64_t, int64_t, int64_t) {
+    return cuda_no_training(be, LF_OP_MATMUL_BACKWARD);
+}
+static lf_status cuda_matmul_q4_backward(lf_backend *be, float *, const float *, const struct lf_quant_state *,
+                                         int64_t, int64_t, int64_t) {
+    return cuda_no_training(be, LF_OP_MATMUL_Q4_BACKWARD);
+}
+static lf_status cuda_rmsnorm_backward(lf_backend *be, float *, const float *, const float *, const float *, int64_t,
+                                       int64_t, float) {
+    return cuda_no_training(be, LF_OP_RMSNORM_BACKWARD);
+}
+static lf_status cuda_rope_backward(lf_backend *be, float *, const int32_t *, const float *, int64_t, int64_t,
+                                    int64_t) {
+    return cuda_no_training(be, LF_OP_ROPE_BACKWARD);
+}
+static lf_status cuda_attention_train(lf_backend *be, float *, float *, const float *, const float *, const float *,
+                                      const int32_t *, int64_t, int64_t, int64_t, int64_t, int64_t, float) {
+    return cuda_no_training(be, LF_OP_ATTENTION_TRAIN);
+}
+static lf_status cuda_attention_backward(lf_backend *be, float *, float *, float *, const float *, const float *,
+                                         const float *, const float *, const float *, const float *, const int32_t *,
+                                         int64_t, int64_t, int64_t, int64_t, int64_t, float) {
+    return cuda_no_training(be, LF_OP_ATTENTION_BACKWARD);
+}
+static lf_status cuda_swiglu_backward(lf_backend *be, float *, float *, const float *, const float *, const float *,
+                                      int64_t) {
+    return cuda_no_training(be, LF_OP_SWIGLU_BACKWARD);
+}
+static lf_status cuda_axpy(lf_backend *be, float *, const float *, float, int64_t) {
+    return cuda_no_training(be, LF_OP_AXPY);
+}
+static lf_status cuda_crossentropy(lf_backend *be, float *, float *, const float *, const int32_t *, int64_t, int64_t,
+                                   float) {
+    return cuda_no_training(be, LF_OP_CROSSENTROPY);
+}
+
 static const lf_backend_ops cuda_ops = {
     /* destroy */ cuda_destroy,
     /* alloc */ cuda_alloc,
@@ -133,17 +217,21 @@ static const lf_backend_ops cuda_ops = {
     /* residual_forward */ lf_cuda_residual_forward,
     /* softmax_forward */ lf_cuda_softmax_forward,
     /* matmul_q4_forward */ lf_cuda_matmul_q4_forward,
-    /* not on CUDA yet (NULL = unsupported, see LF_BACKEND_SUPPORTS): */
-    /* attention_paged_forward */ NULL,
-    /* matmul_backward */ NULL,
-    /* matmul_q4_backward */ NULL,
-    /* rmsnorm_backward */ NULL,
-    /* rope_backward */ NULL,
-    /* attention_train_forward */ NULL,
-    /* attention_backward */ NULL,
-    /* swiglu_backward */ NULL,
-    /* axpy */ NULL,
-    /* crossentropy_forward_backward */ NULL,
+    /* attention_paged_forward */ lf_cuda_attention_paged_forward,
+    /* add_scaled_forward */ lf_cuda_add_scaled_forward,
+    /* dora_combine_forward */ lf_cuda_dora_combine_forward,
+    /* convert */ lf_cuda_convert,
+    /* supports_op */ lf_cuda_supports_op,
+    /* training ops (not on CUDA yet; supports_op answers 0): */
+    /* matmul_backward */ cuda_matmul_backward,
+    /* matmul_q4_backward */ cuda_matmul_q4_backward,
+    /* rmsnorm_backward */ cuda_rmsnorm_backward,
+    /* rope_backward */ cuda_rope_backward,
+    /* attention_train_forward */ cuda_attention_train,
+    /* attention_backward */ cuda_attention_backward,
+    /* swiglu_backward */ cuda_swiglu_backward,
+    /* axpy */ cuda_axpy,
+    /* crossentropy_forward_backward */ cuda_crossentropy,
 };
 
 /* ---------------------------------------------------------------------------------------------------------
@@ -203,6 +291,8 @@ extern "C" lf_backend *lf_backend_cuda_create(int ordinal, lf_err *err) {
     /* cuBLAS v2 defaults to true FP32 for SGEMM-like calls (no TF32) unless NVIDIA_TF32_OVERRIDE says so. */
     cx->lt_ws_bytes = LF_CUDA_LT_WORKSPACE_BYTES;
     LF_CUDA_TRY(err, cudaMalloc(&cx->lt_ws, cx->lt_ws_bytes));
+    LF_CUDA_TRY(err, cudaMalloc((void **)&cx->pa_part, LF_CUDA_PAGED_SCRATCH_BYTES));
+    cx->pa_part_floats = LF_CUDA_PAGED_SCRATCH_BYTES / sizeof(float);
     LF_CUDA_TRY(err, cudaMalloc((void **)&cx->d_flag, 2 * sizeof(int)));
     LF_CUDA_TRY(err, cudaMallocHost((void **)&cx->h_flag, 2 * sizeof(int)));
     LF_CUDA_TRY(err, cudaMemsetAsync(cx->d_flag, 0, 2 * sizeof(int), cx->stream));

@@ -1,4 +1,5 @@
-/* cuda_common.h - private to kernels/cuda/ .cu files: error macros, the backend context, reductions, launchers.
+/* cuda_common.h - private to kernels/cuda/ .cu files: error macros, the backend context, reductions, typed
+ * activation accessors (lf_ptr<T> / lf_dyn: f32 arithmetic, one rounding per stored element), launchers.
  *
  * Not a public header: it includes CUDA and cuBLAS headers and is compiled as C++ by nvcc only.
  *
@@ -28,6 +29,8 @@
 #error "kernels/cuda/cuda_common.h is for .cu files (C++) only"
 #endif
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -155,12 +158,17 @@ static inline lf_status lf_nccl_fail_(lf_err *err, ncclResult_t r, const char *e
  * --------------------------------------------------------------------------------------------------------- */
 
 #define LF_CUDA_LT_WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt scratch: 32 MiB, NVIDIA's advice for Hopper */
+/* attention_paged's split-KV partials (attention_paged.cu): allocated at create time, never grown. A call
+ * whose T*H*(D+2) floats per split do not fit runs with fewer splits (down to 1, which needs none). */
+#define LF_CUDA_PAGED_SCRATCH_BYTES ((size_t)8 << 20)
+#define LF_CUDA_PAGED_MAX_SPLITS 64
 
 /* One remembered cuBLASLt heuristic answer: the algorithm for a problem shape, types and alignments. */
 #define LF_CUDA_ALGO_CACHE 64
 typedef struct lf_cuda_algo_key {
     int64_t T, C, OC;
     int32_t ab_type;                  /* cudaDataType_t of A and B */
+    int32_t d_type;                   /* cudaDataType_t of C and D */
     uint32_t al_a, al_b, al_d, al_bias; /* alignments in bytes (al_bias 0: no bias epilogue) */
 } lf_cuda_algo_key;
 typedef struct lf_cuda_algo_entry {
@@ -178,8 +186,13 @@ typedef struct lf_cuda_ctx {
     cublasHandle_t blas;        /* owned: fallback GEMM when cuBLASLt offers no algorithm */
     void *lt_ws;                /* owned: [LF_CUDA_LT_WORKSPACE_BYTES] cuBLASLt workspace */
     size_t lt_ws_bytes;
-    void *act16;                /* owned: matmul input converted to bf16/f16, [T*C] 2-byte elements; grows */
-    size_t act16_bytes;         /* its capacity in bytes (0 until the first BF16/F16 matmul) */
+    void *mm_in;                /* owned: matmul input converted to the weight's dtype, [T*C]; grows */
+    size_t mm_in_bytes;         /* its capacity in bytes (0 until the first call that needs it) */
+    float *mm_out;              /* owned: matmul f32 staging output [T*OC] (16-bit out with bias or another
+                                 * compute type); grows */
+    size_t mm_out_bytes;
+    float *pa_part;             /* owned: attention_paged split partials, [LF_CUDA_PAGED_SCRATCH_BYTES] */
+    size_t pa_part_floats;      /* its capacity in floats */
     int *d_flag;                /* owned: [2] device ints set by kernels that detect bad input (embedding) */
     int *h_flag;                /* owned: [2] pinned host copy of d_flag */
     lf_cuda_algo_entry algos[LF_CUDA_ALGO_CACHE]; /* matmul: heuristic answers, round-robin replacement */
@@ -238,30 +251,124 @@ static __device__ __forceinline__ float lf_block_max(float v, float *scratch) {
 }
 
 /* ---------------------------------------------------------------------------------------------------------
- * The launchers: one per .cu file, each with its backend.h op-table signature (see there for semantics).
+ * Typed activations (the floatX of llm.c, three ways at once). Kernels are written once against an accessor:
+ *   lf_ptr<T>  a pointer whose element type (float, __nv_bfloat16, __half) is known at compile time;
+ *   lf_dyn     a pointer plus a run-time dtype (a switch per element: for calls that mix dtypes, where an
+ *              instantiation per combination would not pay).
+ * Both give ld(i) -> f32 (exact widening) and st(i, f32) (one round to nearest even). Arithmetic is f32.
+ * Host code picks the accessor: lf_cuda_visit(dt, f) calls f(lf_tag<T>()) for the dtype's element type.
+ * --------------------------------------------------------------------------------------------------------- */
+
+template <typename T> struct lf_ty; /* widen / round one element */
+template <> struct lf_ty<float> {
+    static __host__ __device__ __forceinline__ float ld(float x) { return x; }
+    static __host__ __device__ __forceinline__ float st(float v) { return v; }
+};
+template <> struct lf_ty<__nv_bfloat16> {
+    static __host__ __device__ __forceinline__ float ld(__nv_bfloat16 x) { return __bfloat162float(x); }
+    static __host__ __device__ __forceinline__ __nv_bfloat16 st(float v) { return __float2bfloat16_rn(v); }
+};
+template <> struct lf_ty<__half> {
+    static __host__ __device__ __forceinline__ float ld(__half x) { return __half2float(x); }
+    static __host__ __device__ __forceinline__ __half st(float v) { return __float2half_rn(v); }
+};
+
+template <typename T> struct lf_ptr {
+    T *p;
+    __device__ __forceinline__ float ld(int64_t i) const { return lf_ty<T>::ld(p[i]); }
+    __device__ __forceinline__ void st(int64_t i, float v) const { p[i] = lf_ty<T>::st(v); }
+};
+
+struct lf_dyn {
+    void *p;
+    int dt; /* LF_DTYPE_F32, LF_DTYPE_BF16 or LF_DTYPE_F16 */
+    __device__ __forceinline__ float ld(int64_t i) const {
+        if (dt == LF_DTYPE_BF16) return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+        if (dt == LF_DTYPE_F16) return __half2float(((const __half *)p)[i]);
+        return ((const float *)p)[i];
+    }
+    __device__ __forceinline__ void st(int64_t i, float v) const {
+        if (dt == LF_DTYPE_BF16) ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+        else if (dt == LF_DTYPE_F16) ((__half *)p)[i] = __float2half_rn(v);
+        else ((float *)p)[i] = v;
+    }
+};
+
+template <typename T> static inline lf_ptr<T> lf_ptr_of(lf_act a) {
+    lf_ptr<T> r;
+    r.p = (T *)a.p;
+    return r;
+}
+static inline lf_dyn lf_dyn_of(lf_act a) {
+    lf_dyn r;
+    r.p = a.p;
+    r.dt = (int)a.dt;
+    return r;
+}
+
+template <typename T> struct lf_tag { typedef T type; };
+/* f(lf_tag<T>()) with T the element type of activation dtype dt (the caller has checked dt). */
+template <typename F> static inline void lf_cuda_visit(lf_dtype dt, F &&f) {
+    switch (dt) {
+    case LF_DTYPE_BF16: f(lf_tag<__nv_bfloat16>()); break;
+    case LF_DTYPE_F16: f(lf_tag<__half>()); break;
+    default: f(lf_tag<float>()); break;
+    }
+}
+
+/* 1 when every one of the n activations has dtype a[0].dt. */
+static inline int lf_cuda_same_dt(const lf_act *a, int n) {
+    for (int i = 1; i < n; i++)
+        if (a[i].dt != a[0].dt) return 0;
+    return 1;
+}
+
+/* 1 when [a, a + na elements) and [b, b + nb elements) share a byte. */
+static inline int lf_cuda_overlap(lf_act a, int64_t na, lf_act b, int64_t nb) {
+    const char *pa = (const char *)a.p, *pb = (const char *)b.p;
+    const size_t ba = lf_act_bytes(a.dt, na), bb = lf_act_bytes(b.dt, nb);
+    return ba && bb && pa < pb + bb && pb < pa + ba;
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * The launchers: one family per .cu file, each with its backend.h op-table signature (see there for semantics).
+ * Every launcher first calls lf_cuda_acts_ok, so an op runs exactly the dtype combinations supports_op admits
+ * and answers any other with LF_EUNSUPPORTED naming the op and the dtypes.
  * --------------------------------------------------------------------------------------------------------- */
 extern "C" {
+/* backend_cuda.cu: the backend's supports_op, and its check inside each op (fills be->err when it fails). */
+int lf_cuda_supports_op(const lf_backend *be, lf_op op, const lf_dtype *dtypes, int n);
+lf_status lf_cuda_acts_ok(lf_backend *be, lf_op op, const lf_act *acts, int n);
 /* embedding.cu */
-lf_status lf_cuda_embedding_forward(lf_backend *be, float *out, const int32_t *tokens, const lf_tensor *wte,
+lf_status lf_cuda_embedding_forward(lf_backend *be, lf_act out, const int32_t *tokens, const lf_tensor *wte,
                                     int64_t T);
 /* rmsnorm.cu */
-lf_status lf_cuda_rmsnorm_forward(lf_backend *be, float *out, const float *inp, const float *weight, int64_t T,
+lf_status lf_cuda_rmsnorm_forward(lf_backend *be, lf_act out, lf_act inp, const float *weight, int64_t T,
                                   int64_t C, float eps);
 /* matmul.cu */
-lf_status lf_cuda_matmul_forward(lf_backend *be, float *out, const float *inp, const lf_tensor *weight,
+lf_status lf_cuda_matmul_forward(lf_backend *be, lf_act out, lf_act inp, const lf_tensor *weight,
                                  const float *bias, int64_t T, int64_t C, int64_t OC);
 /* rope.cu */
-lf_status lf_cuda_rope_forward(lf_backend *be, float *x, const int32_t *pos, const float *inv_freq, int64_t T,
+lf_status lf_cuda_rope_forward(lf_backend *be, lf_act x, const int32_t *pos, const float *inv_freq, int64_t T,
                                int64_t NH, int64_t D);
 /* attention.cu */
-lf_status lf_cuda_attention_forward(lf_backend *be, float *out, const float *q, const float *k, const float *v,
-                                    const int32_t *pos, int64_t T, int64_t S, int64_t H, int64_t KH, int64_t D,
-                                    int64_t window, float scale);
+lf_status lf_cuda_attention_forward(lf_backend *be, lf_act out, lf_act q, lf_act k, lf_act v, const int32_t *pos,
+                                    int64_t T, int64_t S, int64_t H, int64_t KH, int64_t D, int64_t window,
+                                    float scale);
+/* attention_paged.cu */
+lf_status lf_cuda_attention_paged_forward(lf_backend *be, lf_act out, lf_act q, lf_act kpool, lf_act vpool,
+                                          const int32_t *block_table, int64_t n_blocks, int64_t BS,
+                                          const int32_t *pos, int64_t T, int64_t H, int64_t KH, int64_t D,
+                                          int64_t window, float scale);
 /* elementwise.cu */
-lf_status lf_cuda_swiglu_forward(lf_backend *be, float *out, const float *gate, const float *up, int64_t N);
-lf_status lf_cuda_residual_forward(lf_backend *be, float *out, const float *a, const float *b, int64_t N);
+lf_status lf_cuda_swiglu_forward(lf_backend *be, lf_act out, lf_act gate, lf_act up, int64_t N);
+lf_status lf_cuda_residual_forward(lf_backend *be, lf_act out, lf_act a, lf_act b, int64_t N);
+lf_status lf_cuda_add_scaled_forward(lf_backend *be, lf_act y, lf_act x, float alpha, int64_t N);
+lf_status lf_cuda_dora_combine_forward(lf_backend *be, lf_act out, lf_act lo, const float *mag, const float *wn,
+                                       const float *bias, float scale, int64_t T, int64_t OC);
+lf_status lf_cuda_convert(lf_backend *be, lf_act dst, lf_act src, int64_t N);
 /* softmax.cu */
-lf_status lf_cuda_softmax_forward(lf_backend *be, float *out, const float *inp, int64_t R, int64_t V);
+lf_status lf_cuda_softmax_forward(lf_backend *be, lf_act out, lf_act inp, int64_t R, int64_t V);
 }
 
 #endif

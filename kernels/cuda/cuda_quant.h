@@ -28,8 +28,9 @@ struct lf_quant_state;
  * lf_quant_dequantize_f32 / _bf16. */
 lf_status lf_cuda_quant_dequantize(lf_backend *be, void *out, lf_dtype dt, const struct lf_quant_state *w);
 
-/* The backend.h op: out[T,OC] = inp[T,C] @ deq(w)^T (+ bias[OC]). inp, out, bias in device memory. */
-lf_status lf_cuda_matmul_q4_forward(lf_backend *be, float *out, const float *inp, const struct lf_quant_state *w,
+/* The backend.h op: out[T,OC] = inp[T,C] @ deq(w)^T (+ bias[OC]). inp, out, bias in device memory; out and
+ * inp F32, BF16 or F16 in any combination (f32 accumulation, one rounding per output element). */
+lf_status lf_cuda_matmul_q4_forward(lf_backend *be, lf_act out, lf_act inp, const struct lf_quant_state *w,
                                     const float *bias, int64_t T, int64_t C, int64_t OC);
 
 /* The bf16 copy of W that matmul_q4_forward's T > LF_CUDA_Q4_FUSED_MAX_T path multiplies with: sized on first

@@ -8,12 +8,13 @@
  * (__fmul_rn/__fadd_rn: nvcc would otherwise contract them into one FMA); bf16 rounds that f32 product to
  * nearest even exactly as lf_f32_to_bf16 (NaN kept quiet).
  *
- * matmul_q4_forward, out[T,OC] = inp[T,C] @ deq(W)^T (+ bias[OC]), W [OC,C]:
+ * matmul_q4_forward, out[T,OC] = inp[T,C] @ deq(W)^T (+ bias[OC]), W [OC,C]; inp and out F32, BF16 or F16 in
+ * any combination (inputs widened to f32, f32 accumulation, one rounding per output element):
  *  - T <= LF_CUDA_Q4_FUSED_MAX_T (decode, small batches): fused kernels that read the packed bytes directly.
  *    q4_gemv_kernel (C % 8 == 0, packed 4-byte and inp 16-byte aligned: every Llama shape): a block of
  *    Q4_WARPS warps owns Q4_ROWS rows of W; the warps split the row's columns in steps of 256 (lane l takes the
- *    8 columns 8l..8l+7 of a step: one coalesced 4-byte load of packed codes per row, two float4 loads of each
- *    input row shared by the Q4_ROWS weight rows, the 8 codes looked up in a 16-entry shared table, which no
+ *    8 columns 8l..8l+7 of a step: one coalesced 4-byte load of packed codes per row, one 16-byte load
+ *    (16-bit inputs) or two (f32) of each input row shared by the Q4_ROWS weight rows, the 8 codes looked up in a 16-entry shared table, which no
  *    access pattern can bank-conflict). A lane's 8 columns lie in one quantization block (blocksize >= 32 and
  *    8 | column offset), so its partial dot product is scaled by the block's absmax once. Partial sums are
  *    reduced in a fixed order (warp shuffles, then the warps through shared memory): deterministic.
@@ -22,8 +23,10 @@
  *    Both accumulate in f32 with FMAs: results match the f32 CPU reference to rounding, not bit for bit.
  *  - T > LF_CUDA_Q4_FUSED_MAX_T (prefill, training): W is dequantized to bf16 into the backend's workspace
  *    (lf_cuda_q4_ws: allocated on first use, grown only for a larger W, freed with the backend), then the bf16
- *    cuBLASLt path of matmul.cu runs (inp rounded to bf16, f32 accumulate and output): the precision of a bf16
- *    weight matmul, as bitsandbytes' QLoRA compute dtype bf16.
+ *    cuBLASLt path of matmul.cu runs (inp rounded to bf16 unless it is bf16, f32 accumulate, out in its dtype):
+ *    the precision of a bf16 weight matmul, as bitsandbytes' QLoRA compute dtype bf16.
+ *  The input element type is a template parameter of the fused kernels (float, __nv_bfloat16, __half); the
+ *  output is written through lf_dyn (T*OC stores per call: a switch there costs nothing).
  *
  * Shapes: T tokens, C in channels, OC out channels; n = OC*C elements; element e = o*C + c; block e / B. */
 #include "kernels/cuda/cuda_common.h" /* defines: LF_CHECK_*, lf_cuda_ctx, lf_warp_sum, lf_cuda_matmul_forward */
@@ -114,6 +117,36 @@ static __host__ __device__ __forceinline__ uint32_t q4_bf16_bits(float f) {
     return u >> 16;
 }
 
+/* One 16-bit input element from its bits, widened (host and device). */
+template <typename Ti> static __host__ __device__ __forceinline__ float q4_h2f(uint32_t bits);
+template <> __host__ __device__ __forceinline__ float q4_h2f<__nv_bfloat16>(uint32_t bits) {
+    __nv_bfloat16_raw r;
+    r.x = (unsigned short)bits;
+    return __bfloat162float(__nv_bfloat16(r));
+}
+template <> __host__ __device__ __forceinline__ float q4_h2f<__half>(uint32_t bits) {
+    __half_raw r;
+    r.x = (unsigned short)bits;
+    return __half2float(__half(r));
+}
+
+/* x[0..7] = the 8 inputs at p (16-byte aligned), widened to f32: two float4 loads, or one uint4 of 16-bit. */
+template <typename Ti>
+static __host__ __device__ __forceinline__ void q4_load8(float (&x)[8], const Ti *p) {
+    if constexpr (sizeof(Ti) == 4) {
+        const float4 a = Q4_LDG(reinterpret_cast<const float4 *>(p)), b = Q4_LDG(reinterpret_cast<const float4 *>(p) + 1);
+        x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+    } else {
+        const uint4 u = Q4_LDG(reinterpret_cast<const uint4 *>(p));
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+Q4_PRAGMA_UNROLL
+        for (int k = 0; k < 4; k++) {
+            x[2 * k] = q4_h2f<Ti>(w[k] & 0xffffu);
+            x[2 * k + 1] = q4_h2f<Ti>(w[k] >> 16);
+        }
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------------------
  * Dequantize: one thread per group of 16 elements (8 packed bytes). Groups start at multiples of 16 and the
  * blocksize is a multiple of 32, so a group never spans two blocks: one absmax per group.
@@ -190,8 +223,8 @@ static __global__ void q4_dequant_kernel(void *out, const q4_params p, int vec_i
 
 /* The column loop of one lane of q4_gemv_kernel: acc[r][t] += its share of row o0+r times input row t.
  * Needs C % 8 == 0, packed 4-byte aligned, inp 16-byte aligned (checked by the launcher). */
-template <int T>
-static __host__ __device__ __forceinline__ void q4_gemv_lane(float (&acc)[Q4_ROWS][T], const float *inp,
+template <int T, typename Ti>
+static __host__ __device__ __forceinline__ void q4_gemv_lane(float (&acc)[Q4_ROWS][T], const Ti *inp,
                                                              const q4_params &p, const float *s_code,
                                                              const float *s_map, int64_t C, int64_t OC, int64_t o0,
                                                              int warp, int lane) {
@@ -219,13 +252,9 @@ Q4_PRAGMA_UNROLL
 Q4_PRAGMA_UNROLL
         for (int u = 0; u < Q4_UNROLL; u++) {
             if (c[u] >= C) continue; /* only in a row's last steps */
-            float4 xa[T], xb[T];
+            float x[T][8];
 Q4_PRAGMA_UNROLL
-            for (int t = 0; t < T; t++) {
-                const float4 *xp = reinterpret_cast<const float4 *>(inp + t * C + c[u]);
-                xa[t] = Q4_LDG(xp);
-                xb[t] = Q4_LDG(xp + 1);
-            }
+            for (int t = 0; t < T; t++) q4_load8<Ti>(x[t], inp + t * C + c[u]);
 Q4_PRAGMA_UNROLL
             for (int r = 0; r < Q4_ROWS; r++) {
                 /* little-endian word: byte k holds column 2k (high nibble) and 2k+1 (low nibble) */
@@ -236,14 +265,14 @@ Q4_PRAGMA_UNROLL
                 const float k6 = s_code[(w >> 28) & 15u], k7 = s_code[(w >> 24) & 15u];
 Q4_PRAGMA_UNROLL
                 for (int t = 0; t < T; t++) {
-                    float d = xa[t].x * k0;
-                    d = fmaf(xa[t].y, k1, d);
-                    d = fmaf(xa[t].z, k2, d);
-                    d = fmaf(xa[t].w, k3, d);
-                    d = fmaf(xb[t].x, k4, d);
-                    d = fmaf(xb[t].y, k5, d);
-                    d = fmaf(xb[t].z, k6, d);
-                    d = fmaf(xb[t].w, k7, d);
+                    float d = x[t][0] * k0;
+                    d = fmaf(x[t][1], k1, d);
+                    d = fmaf(x[t][2], k2, d);
+                    d = fmaf(x[t][3], k3, d);
+                    d = fmaf(x[t][4], k4, d);
+                    d = fmaf(x[t][5], k5, d);
+                    d = fmaf(x[t][6], k6, d);
+                    d = fmaf(x[t][7], k7, d);
                     acc[r][t] = fmaf(d, a[u][r], acc[r][t]);
                 }
             }
@@ -251,9 +280,9 @@ Q4_PRAGMA_UNROLL
     }
 }
 
-template <int T>
+template <int T, typename Ti>
 static __global__ void __launch_bounds__(Q4_WARPS * 32)
-    q4_gemv_kernel(float *out, const float *inp, const float *bias, const q4_params p, int64_t C, int64_t OC) {
+    q4_gemv_kernel(lf_dyn out, const Ti *inp, const float *bias, const q4_params p, int64_t C, int64_t OC) {
     __shared__ float s_code[LF_QUANT_CODES];
     __shared__ float s_map[LF_QUANT_DYN_MAP_SIZE];
     __shared__ float s_part[Q4_WARPS][Q4_ROWS * T];
@@ -265,7 +294,7 @@ Q4_PRAGMA_UNROLL
     for (int r = 0; r < Q4_ROWS; r++)
 Q4_PRAGMA_UNROLL
         for (int t = 0; t < T; t++) acc[r][t] = 0.0f;
-    q4_gemv_lane<T>(acc, inp, p, s_code, s_map, C, OC, o0, warp, lane);
+    q4_gemv_lane<T, Ti>(acc, inp, p, s_code, s_map, C, OC, o0, warp, lane);
 
     /* fixed-order reduction: lanes by shuffles, then warps 0..Q4_WARPS-1 in order */
 Q4_PRAGMA_UNROLL
@@ -282,13 +311,13 @@ Q4_PRAGMA_UNROLL
         if (o >= OC) continue;
         float v = s_part[0][i];
         for (int w = 1; w < Q4_WARPS; w++) v += s_part[w][i];
-        out[(int64_t)t * OC + o] = bias ? v + bias[o] : v;
+        out.st((int64_t)t * OC + o, bias ? v + bias[o] : v);
     }
 }
 
 /* One lane of q4_gemv_any_kernel: acc[t] += its share of row o times input row t (any shape and alignment). */
-template <int T>
-static __host__ __device__ __forceinline__ void q4_gemv_any_lane(float (&acc)[T], const float *inp, const q4_params &p,
+template <int T, typename Ti>
+static __host__ __device__ __forceinline__ void q4_gemv_any_lane(float (&acc)[T], const Ti *inp, const q4_params &p,
                                                                  const float *s_code, const float *s_map, int64_t C,
                                                                  int64_t o, int lane) {
     const int64_t base = o * C;
@@ -298,14 +327,14 @@ static __host__ __device__ __forceinline__ void q4_gemv_any_lane(float (&acc)[T]
         const uint32_t q = (e & 1) ? (byte & 15u) : (byte >> 4);
         const float w = q4_mul_rn(s_code[q], q4_absmax(p, s_map, e >> p.log2b));
 Q4_PRAGMA_UNROLL
-        for (int t = 0; t < T; t++) acc[t] = fmaf(Q4_LDG(inp + t * C + c), w, acc[t]);
+        for (int t = 0; t < T; t++) acc[t] = fmaf(lf_ty<Ti>::ld(Q4_LDG(inp + t * C + c)), w, acc[t]);
     }
 }
 
 /* Any shape and alignment: one warp per row of W, one element per lane per step. */
-template <int T>
+template <int T, typename Ti>
 static __global__ void __launch_bounds__(Q4_WARPS * 32)
-    q4_gemv_any_kernel(float *out, const float *inp, const float *bias, const q4_params p, int64_t C, int64_t OC) {
+    q4_gemv_any_kernel(lf_dyn out, const Ti *inp, const float *bias, const q4_params p, int64_t C, int64_t OC) {
     __shared__ float s_code[LF_QUANT_CODES];
     __shared__ float s_map[LF_QUANT_DYN_MAP_SIZE];
     q4_load_tables(p, s_code, s_map);
@@ -315,11 +344,11 @@ static __global__ void __launch_bounds__(Q4_WARPS * 32)
     float acc[T];
 Q4_PRAGMA_UNROLL
     for (int t = 0; t < T; t++) acc[t] = 0.0f;
-    q4_gemv_any_lane<T>(acc, inp, p, s_code, s_map, C, o, lane);
+    q4_gemv_any_lane<T, Ti>(acc, inp, p, s_code, s_map, C, o, lane);
 Q4_PRAGMA_UNROLL
     for (int t = 0; t < T; t++) {
         const float v = lf_warp_sum(acc[t]);
-        if (lane == 0) out[(int64_t)t * OC + o] = bias ? v + bias[o] : v;
+        if (lane == 0) out.st((int64_t)t * OC + o, bias ? v + bias[o] : v);
     }
 }
 
@@ -426,29 +455,32 @@ static lf_status q4_ws_reserve(lf_backend *be, size_t bytes) {
 
 /* ---- the op ---- */
 
-template <int T>
-static void q4_gemv_launch(cudaStream_t stream, int vec, float *out, const float *inp, const float *bias,
+template <int T, typename Ti>
+static void q4_gemv_launch(cudaStream_t stream, int vec, lf_dyn out, const Ti *inp, const float *bias,
                            const q4_params &p, int64_t C, int64_t OC) {
     if (vec) {
         const unsigned grid = (unsigned)((OC + Q4_ROWS - 1) / Q4_ROWS);
-        q4_gemv_kernel<T><<<grid, Q4_WARPS * 32, 0, stream>>>(out, inp, bias, p, C, OC);
+        q4_gemv_kernel<T, Ti><<<grid, Q4_WARPS * 32, 0, stream>>>(out, inp, bias, p, C, OC);
     } else {
         const unsigned grid = (unsigned)((OC + Q4_WARPS - 1) / Q4_WARPS);
-        q4_gemv_any_kernel<T><<<grid, Q4_WARPS * 32, 0, stream>>>(out, inp, bias, p, C, OC);
+        q4_gemv_any_kernel<T, Ti><<<grid, Q4_WARPS * 32, 0, stream>>>(out, inp, bias, p, C, OC);
     }
 }
 
-extern "C" lf_status lf_cuda_matmul_q4_forward(lf_backend *be, float *out, const float *inp, const lf_quant_state *w,
+extern "C" lf_status lf_cuda_matmul_q4_forward(lf_backend *be, lf_act out, lf_act inp, const lf_quant_state *w,
                                                const float *bias, int64_t T, int64_t C, int64_t OC) {
     lf_cuda_ctx *cx = lf_cuda_ctx_of(be);
     q4_params p;
-    if (!out || !inp) return lf_err_set(&be->err, LF_EINVAL, "matmul_q4: NULL out or inp");
-    lf_status st = q4_params_of(be, w, &p, "matmul_q4");
+    const lf_act acts[2] = {out, inp};
+    lf_status st = lf_cuda_acts_ok(be, LF_OP_MATMUL_Q4, acts, 2);
+    if (st != LF_OK) return st;
+    if (!out.p || !inp.p) return lf_err_set(&be->err, LF_EINVAL, "matmul_q4: NULL out or inp");
+    st = q4_params_of(be, w, &p, "matmul_q4");
     if (st != LF_OK) return st;
     if (T < 0 || C != w->cols || OC != w->rows)
         return lf_err_set(&be->err, LF_EINVAL, "matmul_q4: weight is [%lld, %lld], asked for OC=%lld C=%lld (T=%lld)",
                           (long long)w->rows, (long long)w->cols, (long long)OC, (long long)C, (long long)T);
-    if ((const char *)out < (const char *)(inp + T * C) && (const char *)inp < (const char *)(out + T * OC))
+    if (lf_cuda_overlap(out, T * OC, inp, T * C))
         return lf_err_set(&be->err, LF_EINVAL, "matmul_q4: out must not alias inp");
     if (T == 0) return LF_OK;
     if (OC > (int64_t)Q4_ROWS * 0x7fffffff)
@@ -457,17 +489,22 @@ extern "C" lf_status lf_cuda_matmul_q4_forward(lf_backend *be, float *out, const
     if (st != LF_OK) return st;
 
     if (T <= LF_CUDA_Q4_FUSED_MAX_T) {
-        const int vec = C % 8 == 0 && ((uintptr_t)w->packed % 4) == 0 && ((uintptr_t)inp % 16) == 0;
-        switch (T) {
-        case 1: q4_gemv_launch<1>(cx->stream, vec, out, inp, bias, p, C, OC); break;
-        case 2: q4_gemv_launch<2>(cx->stream, vec, out, inp, bias, p, C, OC); break;
-        case 3: q4_gemv_launch<3>(cx->stream, vec, out, inp, bias, p, C, OC); break;
-        case 4: q4_gemv_launch<4>(cx->stream, vec, out, inp, bias, p, C, OC); break;
-        case 5: q4_gemv_launch<5>(cx->stream, vec, out, inp, bias, p, C, OC); break;
-        case 6: q4_gemv_launch<6>(cx->stream, vec, out, inp, bias, p, C, OC); break;
-        case 7: q4_gemv_launch<7>(cx->stream, vec, out, inp, bias, p, C, OC); break;
-        default: q4_gemv_launch<8>(cx->stream, vec, out, inp, bias, p, C, OC); break;
-        }
+        const int vec = C % 8 == 0 && ((uintptr_t)w->packed % 4) == 0 && ((uintptr_t)inp.p % 16) == 0;
+        const lf_dyn o = lf_dyn_of(out);
+        lf_cuda_visit(inp.dt, [&](auto tag) {
+            typedef typename decltype(tag)::type Ti;
+            const Ti *x = (const Ti *)inp.p;
+            switch (T) {
+            case 1: q4_gemv_launch<1, Ti>(cx->stream, vec, o, x, bias, p, C, OC); break;
+            case 2: q4_gemv_launch<2, Ti>(cx->stream, vec, o, x, bias, p, C, OC); break;
+            case 3: q4_gemv_launch<3, Ti>(cx->stream, vec, o, x, bias, p, C, OC); break;
+            case 4: q4_gemv_launch<4, Ti>(cx->stream, vec, o, x, bias, p, C, OC); break;
+            case 5: q4_gemv_launch<5, Ti>(cx->stream, vec, o, x, bias, p, C, OC); break;
+            case 6: q4_gemv_launch<6, Ti>(cx->stream, vec, o, x, bias, p, C, OC); break;
+            case 7: q4_gemv_launch<7, Ti>(cx->stream, vec, o, x, bias, p, C, OC); break;
+            default: q4_gemv_launch<8, Ti>(cx->stream, vec, o, x, bias, p, C, OC); break;
+            }
+        });
         LF_CUDA_LAUNCH_CHECK(&be->err);
         return LF_OK;
     }

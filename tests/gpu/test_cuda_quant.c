@@ -6,7 +6,10 @@
  *     all-zero block, unaligned packed input and unaligned output;
  *   - matmul_q4_forward vs lf_quant_matmul_4bit_ref, T in {1,3,8,17,64} (T <= 8: fused kernels; T > 8: bf16
  *     dequantize + cuBLASLt), C % 8 == 0 (vector kernel) and not (odd C: rows start mid-byte), blocks that
- *     span rows, OC not a multiple of the kernel's row group, bias on and off, unaligned inputs.
+ *     span rows, OC not a multiple of the kernel's row group, bias on and off, unaligned inputs;
+ *   - matmul_q4_forward with BF16 / F16 activations (and f32 out from a 16-bit input, the lm_head's case)
+ *     against the CPU backend's op of the same dtypes, fused and dequantize paths; supports_op for every
+ *     activation dtype, and an I32 activation refused with LF_EUNSUPPORTED.
  *
  * Exit 77 (ctest: skipped) when the binary has no CUDA part or no device, after the CPU-backend checks (a
  * failure there still exits 1); 1 when any check fails. Seed: LF_TEST_SEED, else the time; printed first.
@@ -264,7 +267,7 @@ static void test_matmul(lf_quant_type type, int nested, int64_t B, int64_t T, in
     gpu_put(dx + xoff, x, (size_t)(T * C) * 4);
     gpu_put(db, b, (size_t)OC * 4);
     poison(dout, (size_t)(T * OC) * 4);
-    st = gpu->ops->matmul_q4_forward(gpu, dout, dx + xoff, &d, with_bias ? db : NULL, T, C, OC);
+    st = gpu->ops->matmul_q4_forward(gpu, lf_f32(dout), lf_f32(dx + xoff), &d, with_bias ? db : NULL, T, C, OC);
     if (st == LF_OK) st = gpu->ops->download(gpu, got, dout, (size_t)(T * OC) * 4);
     if (st != LF_OK) {
         CHECK(0, "%s: %s: %s", name, lf_status_name(st), gpu->err.msg);
@@ -317,6 +320,89 @@ static void test_matmul(lf_quant_type type, int nested, int64_t B, int64_t T, in
     lf_quant_state_free(&h);
 }
 
+/* matmul_q4_forward with activations out[odt] <- inp[idt] on CUDA against the CPU backend's op of the same
+ * dtypes (the typed reference: double accumulation over the exact dequantized weights, one rounding). */
+static void test_matmul_typed(lf_quant_type type, int nested, int64_t B, int64_t T, int64_t C, int64_t OC,
+                              int with_bias, lf_dtype odt, lf_dtype idt) {
+    char name[200];
+    const int fused = T <= 8;
+    snprintf(name, sizeof name, "matmul_q4 %s%s B=%lld T=%lld C=%lld OC=%lld%s out %s inp %s [%s]",
+             lf_quant_type_name(type), nested ? "+dq" : "", (long long)B, (long long)T, (long long)C, (long long)OC,
+             with_bias ? " +bias" : "", lf_dtype_name(odt), lf_dtype_name(idt), fused ? "fused" : "bf16 dequant");
+    lf_err err;
+    lf_quant_state h, d, dc;
+    lf_err_clear(&err);
+    if (make_host_weight(&h, type, nested, B, OC, C, &err) != LF_OK) {
+        CHECK(0, "%s: quantize: %s", name, err.msg);
+        return;
+    }
+    if (lf_quant_state_upload(gpu, &h, &d, &err) != LF_OK || lf_quant_state_upload(cpu, &h, &dc, &err) != LF_OK) {
+        CHECK(0, "%s: upload: %s", name, err.msg);
+        lf_quant_state_free(&h);
+        return;
+    }
+    float *x = xmalloc((size_t)(T * C) * 4), *b = xmalloc((size_t)OC * 4);
+    for (int64_t i = 0; i < T * C; i++) x[i] = uni(-1.0f, 1.0f);
+    for (int64_t i = 0; i < OC; i++) b[i] = uni(-1.0f, 1.0f);
+    const size_t xb = lf_act_bytes(idt, T * C), ob = lf_act_bytes(odt, T * OC);
+    void *hx = xmalloc(xb), *hg = xmalloc(ob), *hc = xmalloc(ob);
+    if (idt == LF_DTYPE_F32) memcpy(hx, x, xb);
+    else if (idt == LF_DTYPE_BF16) lf_f32_to_bf16_n(hx, x, T * C);
+    else lf_f32_to_f16_n(hx, x, T * C);
+    void *dx = gpu_alloc(xb), *dout = gpu_alloc(ob);
+    float *db = gpu_alloc((size_t)OC * 4);
+    void *cx = cpu->ops->alloc(cpu, xb), *cout = cpu->ops->alloc(cpu, ob);
+    if (!cx || !cout) exit(1);
+    gpu_put(dx, hx, xb);
+    gpu_put(db, b, (size_t)OC * 4);
+    memcpy(cx, hx, xb);
+    poison(dout, ob);
+    lf_status sg = gpu->ops->matmul_q4_forward(gpu, lf_act_of(dout, odt), lf_act_of(dx, idt), &d,
+                                               with_bias ? db : NULL, T, C, OC);
+    lf_status sc = cpu->ops->matmul_q4_forward(cpu, lf_act_of(cout, odt), lf_act_of(cx, idt), &dc,
+                                               with_bias ? b : NULL, T, C, OC);
+    if (sg == LF_OK) sg = gpu->ops->download(gpu, hg, dout, ob);
+    if (sg != LF_OK || sc != LF_OK) {
+        CHECK(0, "%s: cuda %s (%s), cpu %s (%s)", name, lf_status_name(sg), gpu->err.msg, lf_status_name(sc),
+              cpu->err.msg);
+    } else {
+        memcpy(hc, cout, ob);
+        float *got = xmalloc((size_t)(T * OC) * 4), *ref = xmalloc((size_t)(T * OC) * 4);
+        (void)lf_to_f32_n(got, hg, odt, T * OC, &err);
+        (void)lf_to_f32_n(ref, hc, odt, T * OC, &err);
+        double sr = 0, se = 0, worst = 0;
+        for (int64_t i = 0; i < T * OC; i++) sr += (double)ref[i] * ref[i];
+        const double r = sqrt(sr / (double)(T * OC));
+        /* fused: the same dequantized f32 weights times the same widened inputs, summed in f32 (GPU) and double
+         * (CPU): ~1e-6 of the output scale; 1e-4 leaves two decades. bf16 dequant path: the weights (and any
+         * non-bf16 input) are rounded to bf16, ~1.1e-3 * rms per element, ~5e-3 at the worst: 1e-2, NMSE 1e-4
+         * (test_cuda_ops.c's bf16 matmul reasoning). A 16-bit output adds one ulp: 2^-7 (bf16) / 2^-10 (f16). */
+        double ta = fused ? 1e-4 * r : 1e-2 * r, tr = fused ? 1e-4 : 1e-2, tn = fused ? 1e-8 : 1e-4;
+        if (odt == LF_DTYPE_BF16) tr += 0x1p-7, tn += 1e-6;
+        if (odt == LF_DTYPE_F16) tr += 0x1p-10, tn += 2e-8;
+        int64_t bad = 0, nan = 0;
+        for (int64_t i = 0; i < T * OC; i++) {
+            if (isnan(got[i]) && !isnan(ref[i])) nan++;
+            const double e = fabs((double)got[i] - ref[i]), lim = ta + tr * fabs(ref[i]);
+            se += e * e;
+            if (!(e <= lim)) bad++;
+            if (e / lim > worst) worst = e / lim;
+        }
+        const double nmse = sr > 0 ? se / sr : se;
+        const int ok = bad == 0 && nan == 0 && nmse <= tn;
+        printf("%s %s: nmse %.2e (max %.0e), worst err/tol %.3f%s\n", ok ? "ok  " : "FAIL", name, nmse, tn, worst,
+               nan ? " [NaN/unwritten]" : "");
+        CHECK(ok, "%s: %lld over tol, %lld NaN, nmse %.2e", name, (long long)bad, (long long)nan, nmse);
+        free(got), free(ref);
+    }
+    gpu->ops->free(gpu, dx), gpu->ops->free(gpu, dout), gpu->ops->free(gpu, db);
+    cpu->ops->free(cpu, cx), cpu->ops->free(cpu, cout);
+    lf_quant_state_release(gpu, &d);
+    lf_quant_state_release(cpu, &dc);
+    free(x), free(b), free(hx), free(hg), free(hc);
+    lf_quant_state_free(&h);
+}
+
 /* Bad arguments are refused with LF_EINVAL and leave the backend usable. */
 static void test_bad_input(void) {
     lf_err err;
@@ -332,18 +418,21 @@ static void test_bad_input(void) {
     CHECK(lf_quant_upload_nbytes(&h) >= (size_t)(16 * 64 / 2 + 16 * 4), "upload nbytes %zu",
           lf_quant_upload_nbytes(&h));
     float *dx = gpu_alloc(64 * 4), *dout = gpu_alloc(16 * 4);
-    lf_status st = gpu->ops->matmul_q4_forward(gpu, dout, dx, &d, NULL, 1, 64, 17); /* OC != rows */
+    lf_status st = gpu->ops->matmul_q4_forward(gpu, lf_f32(dout), lf_f32(dx), &d, NULL, 1, 64, 17); /* OC != rows */
     CHECK(st == LF_EINVAL, "wrong OC: %s (%s)", lf_status_name(st), gpu->err.msg);
-    st = gpu->ops->matmul_q4_forward(gpu, dout, dx, &d, NULL, 1, 63, 16); /* C != cols */
+    st = gpu->ops->matmul_q4_forward(gpu, lf_f32(dout), lf_f32(dx), &d, NULL, 1, 63, 16); /* C != cols */
     CHECK(st == LF_EINVAL, "wrong C: %s (%s)", lf_status_name(st), gpu->err.msg);
-    st = gpu->ops->matmul_q4_forward(gpu, dx, dx, &d, NULL, 1, 64, 16); /* out aliases inp */
+    st = gpu->ops->matmul_q4_forward(gpu, lf_f32(dx), lf_f32(dx), &d, NULL, 1, 64, 16); /* out aliases inp */
     CHECK(st == LF_EINVAL, "aliasing: %s (%s)", lf_status_name(st), gpu->err.msg);
     lf_quant_state bad = d;
     bad.blocksize = 48;
-    st = gpu->ops->matmul_q4_forward(gpu, dout, dx, &bad, NULL, 1, 64, 16);
+    st = gpu->ops->matmul_q4_forward(gpu, lf_f32(dout), lf_f32(dx), &bad, NULL, 1, 64, 16);
     CHECK(st == LF_EINVAL, "blocksize 48: %s (%s)", lf_status_name(st), gpu->err.msg);
-    st = gpu->ops->matmul_q4_forward(gpu, dout, dx, &d, NULL, 0, 64, 16); /* T = 0: nothing to do */
+    st = gpu->ops->matmul_q4_forward(gpu, lf_f32(dout), lf_f32(dx), &d, NULL, 0, 64, 16); /* T = 0: nothing to do */
     CHECK(st == LF_OK, "T=0: %s (%s)", lf_status_name(st), gpu->err.msg);
+    st = gpu->ops->matmul_q4_forward(gpu, lf_f32(dout), lf_act_of(dx, LF_DTYPE_I32), &d, NULL, 1, 64, 16);
+    CHECK(st == LF_EUNSUPPORTED && strstr(gpu->err.msg, "matmul_q4"), "an I32 input is refused: %s (%s)",
+          lf_status_name(st), gpu->err.msg);
     CHECK(gpu->ops->synchronize(gpu) == LF_OK, "backend usable after refused calls: %s", gpu->err.msg);
     lf_quant_state_release(gpu, &d);
     CHECK(d.packed == NULL, "release zeroes the state");
@@ -385,10 +474,12 @@ int main(void) {
         printf("skipped: no CUDA device (%s)\n", err.msg);
         return finish(77);
     }
-    if (!LF_BACKEND_SUPPORTS(gpu, matmul_q4_forward)) {
-        CHECK(0, "the CUDA op table has no matmul_q4_forward");
-        return finish(1);
+    for (int d = 0; d < 3; d++) {
+        static const lf_dtype dts[3] = {LF_DTYPE_F32, LF_DTYPE_BF16, LF_DTYPE_F16};
+        CHECK(lf_backend_supports(gpu, LF_OP_MATMUL_Q4, dts[d]), "cuda supports matmul_q4 with %s activations",
+              lf_dtype_name(dts[d]));
     }
+    if (failed) return finish(1);
 
     /* dequantize: every type x nested x blocksize, two shapes each (odd n with a partial last block; a larger
      * one whose nested absmax spans several 256-blocks at small B) */
@@ -424,6 +515,16 @@ int main(void) {
     test_matmul(LF_QUANT_NF4, 1, 64, 3, 512, 96, 1, 2);    /* inp unaligned: general kernel */
     test_matmul(LF_QUANT_FP4, 0, 64, 17, 512, 96, 1, 2);   /* inp unaligned on the cuBLASLt path */
     test_matmul(LF_QUANT_NF4, 1, 64, 1, 1, 5, 1, 0);       /* C = 1 */
+    /* 16-bit activations (and f32 logits from a 16-bit input) against the CPU backend's op of the same dtypes */
+    const lf_dtype F32 = LF_DTYPE_F32, BF16 = LF_DTYPE_BF16, F16 = LF_DTYPE_F16;
+    for (int t = 0; t < 5; t++) {
+        test_matmul_typed(LF_QUANT_NF4, 1, 64, Ts[t], 2048, 257, t % 2, BF16, BF16);
+        test_matmul_typed(LF_QUANT_FP4, 0, 32, Ts[t], 1001, 67, 1, F16, F16);      /* general kernel */
+        test_matmul_typed(LF_QUANT_NF4, 0, 128, Ts[t], 96, 130, 0, F32, BF16);     /* the lm_head's combination */
+    }
+    test_matmul_typed(LF_QUANT_NF4, 1, 64, 1, 4096, 96, 1, F32, F16);
+    test_matmul_typed(LF_QUANT_NF4, 1, 64, 3, 512, 96, 1, BF16, F32);
+    test_matmul_typed(LF_QUANT_FP4, 1, 64, 17, 512, 96, 1, F16, BF16);
     test_bad_input();
     return finish(0);
 }

@@ -450,13 +450,13 @@ int main(int argc, char **argv) {
     const size_t block_bytes = (size_t)(2 * L * BS * mc->KH * mc->D) * sizeof(float);
     if (lf_kv_pool_create(be, L, mc->KH, mc->D, BS, block_bytes * (size_t)(MAX_RUN * Bm + 3), &pool, &err))
         die_err("kv pool", &err);
-    float **kp = malloc((size_t)L * sizeof *kp), **vp = malloc((size_t)L * sizeof *vp);
+    void **kp = malloc((size_t)L * sizeof *kp), **vp = malloc((size_t)L * sizeof *vp);
     if (!kp || !vp) return 1;
     for (int64_t l = 0; l < L; l++) {
         kp[l] = lf_kv_pool_k(pool, l);
         vp[l] = lf_kv_pool_v(pool, l);
     }
-    const lf_paged_kv kv = {kp, vp, BS, lf_kv_pool_blocks(pool)};
+    const lf_paged_kv kv = {kp, vp, BS, lf_kv_pool_blocks(pool), lf_kv_pool_dtype(pool)};
     lf_batch *b = NULL;
     if (lf_batch_create(m, Tm, Sm, 8, Bm, &b, &err)) die_err("lf_batch_create", &err);
 

@@ -373,7 +373,7 @@ static void test_q4_case(int64_t T, int64_t C, int64_t OC, int64_t B, lf_quant_t
     for (int ci = 0; ci < NCFG; ci++) {
         lf_backend *be = use_cfg(ci);
         for (int64_t i = 0; i < T * OC; i++) of[i] = NAN;
-        lf_status s = be->ops->matmul_q4_forward(be, of, inp, &qs, bias, T, C, OC);
+        lf_status s = be->ops->matmul_q4_forward(be, lf_f32(of), lf_f32(inp), &qs, bias, T, C, OC);
         double r = worst_ratio(of, oref, T * OC, to, 0, 0);
         if (!guard_ok(of, T * OC)) r = INFINITY;
         case_record(&cr, ci, s, r);
@@ -399,7 +399,7 @@ static void test_q4(void) {
     if (lf_quant_quantize(&qs, w, LF_DTYPE_F32, 2, 64, 64, LF_QUANT_NF4, 0, &err) == LF_OK) {
         lf_status st = be->ops->matmul_q4_backward(be, y, x, &qs, 1, 64, 3);
         check(st == LF_EINVAL, "matmul_q4_backward OC=3 for a [2,64] weight -> LF_EINVAL (%s)", be->err.msg);
-        st = be->ops->matmul_q4_forward(be, y, x, &qs, NULL, 1, 32, 2);
+        st = be->ops->matmul_q4_forward(be, lf_f32(y), lf_f32(x), &qs, NULL, 1, 32, 2);
         check(st == LF_EINVAL, "matmul_q4_forward C=32 for a [2,64] weight -> LF_EINVAL (%s)", be->err.msg);
         lf_quant_state_free(&qs);
     }
@@ -1058,12 +1058,14 @@ int main(void) {
         }
     }
     lf_backend *be = cfgs[0].be;
-    check(LF_BACKEND_SUPPORTS(be, matmul_q4_forward) && LF_BACKEND_SUPPORTS(be, matmul_backward) &&
-              LF_BACKEND_SUPPORTS(be, matmul_q4_backward) && LF_BACKEND_SUPPORTS(be, rmsnorm_backward) &&
-              LF_BACKEND_SUPPORTS(be, rope_backward) && LF_BACKEND_SUPPORTS(be, attention_train_forward) &&
-              LF_BACKEND_SUPPORTS(be, attention_backward) && LF_BACKEND_SUPPORTS(be, swiglu_backward) &&
-              LF_BACKEND_SUPPORTS(be, axpy) && LF_BACKEND_SUPPORTS(be, crossentropy_forward_backward),
-          "cpu backend registers every training op");
+    {
+        int all = lf_backend_supports(be, LF_OP_MATMUL_Q4, LF_DTYPE_F32);
+        for (int op = LF_OP_MATMUL_BACKWARD; op <= LF_OP_CROSSENTROPY; op++) all &= lf_backend_supports(be, (lf_op)op, LF_DTYPE_F32);
+        check(all && be->ops->matmul_backward && be->ops->matmul_q4_backward && be->ops->rmsnorm_backward &&
+                  be->ops->rope_backward && be->ops->attention_train_forward && be->ops->attention_backward &&
+                  be->ops->swiglu_backward && be->ops->axpy && be->ops->crossentropy_forward_backward,
+              "cpu backend registers and supports every training op");
+    }
 
     test_matmul_backward();
     test_q4();

@@ -203,7 +203,7 @@ static void test_matmul_case(lf_dtype dt, int with_bias, int64_t T, int64_t C, i
     for (int ci = 0; ci < NCFG; ci++) {
         lf_backend *be = use_cfg(ci);
         for (int64_t i = 0; i < T * OC; i++) out[i] = NAN;
-        lf_status s = st != LF_OK ? st : be->ops->matmul_forward(be, out, x, &w, bias, T, C, OC);
+        lf_status s = st != LF_OK ? st : be->ops->matmul_forward(be, lf_f32(out), lf_f32(x), &w, bias, T, C, OC);
         double e, r = worst_ratio(out, ref, T * OC, tol, 0.0, 0x1p-24, &e);
         if (!guard_ok(out, T * OC)) r = INFINITY;
         case_record(&cr, ci, s, r, e);
@@ -235,14 +235,14 @@ static void test_matmul(void) {
     float x[6] = {0}, y[6];
     int32_t wi[6] = {0};
     lf_tensor w32 = lf_tensor_view(wi, LF_DTYPE_I32, 2, (int64_t[]){2, 3});
-    lf_status st = be->ops->matmul_forward(be, y, x, &w32, NULL, 2, 3, 2);
+    lf_status st = be->ops->matmul_forward(be, lf_f32(y), lf_f32(x), &w32, NULL, 2, 3, 2);
     check(st == LF_EUNSUPPORTED && strstr(be->err.msg, "I32"), "matmul I32 weights -> LF_EUNSUPPORTED (%s)",
           be->err.msg);
     lf_tensor wbad = lf_tensor_view(x, LF_DTYPE_F32, 2, (int64_t[]){3, 2});
-    st = be->ops->matmul_forward(be, y, x, &wbad, NULL, 2, 3, 2);
+    st = be->ops->matmul_forward(be, lf_f32(y), lf_f32(x), &wbad, NULL, 2, 3, 2);
     check(st == LF_EINVAL, "matmul weight shape [3,2] for OC=2 C=3 -> LF_EINVAL (%s)", be->err.msg);
     lf_tensor wok = lf_tensor_view(y, LF_DTYPE_F32, 2, (int64_t[]){2, 3});
-    st = be->ops->matmul_forward(be, x, x, &wok, NULL, 2, 3, 2);
+    st = be->ops->matmul_forward(be, lf_f32(x), lf_f32(x), &wok, NULL, 2, 3, 2);
     check(st == LF_EINVAL, "matmul out aliasing inp -> LF_EINVAL (%s)", be->err.msg);
 }
 
@@ -266,7 +266,7 @@ static void test_embedding(void) {
                 case_res cr;
                 for (int ci = 0; ci < NCFG; ci++) {
                     lf_backend *be = use_cfg(ci);
-                    lf_status s = st != LF_OK ? st : be->ops->embedding_forward(be, out, tok, &wte, T);
+                    lf_status s = st != LF_OK ? st : be->ops->embedding_forward(be, lf_f32(out), tok, &wte, T);
                     double e, r = worst_ratio(out, ref, T * C, NULL, 0.0, 0.0, &e); /* exact conversions: tol 0 */
                     if (!guard_ok(out, T * C)) r = INFINITY;
                     case_record(&cr, ci, s, r, e);
@@ -284,13 +284,13 @@ static void test_embedding(void) {
         for (int i = 0; i < 20; i++) out[i] = 42.0f;
         lf_tensor wte = lf_tensor_view(wd, LF_DTYPE_F32, 2, (int64_t[]){50, 4});
         int32_t tok[5] = {1, 2, 50, 3, -1};
-        lf_status st = be->ops->embedding_forward(be, out, tok, &wte, 5);
+        lf_status st = be->ops->embedding_forward(be, lf_f32(out), tok, &wte, 5);
         int untouched = 1;
         for (int i = 0; i < 20; i++) untouched &= out[i] == 42.0f;
         check(st == LF_EINVAL && strstr(be->err.msg, "50") && strstr(be->err.msg, "position 2") && untouched,
               "embedding bad id [%s] -> LF_EINVAL, out untouched: \"%s\"", cfgs[ci].name, be->err.msg);
         int32_t tok2[2] = {0, -7};
-        st = be->ops->embedding_forward(be, out, tok2, &wte, 2);
+        st = be->ops->embedding_forward(be, lf_f32(out), tok2, &wte, 2);
         check(st == LF_EINVAL && strstr(be->err.msg, "-7") && strstr(be->err.msg, "position 1"),
               "embedding negative id [%s] -> LF_EINVAL: \"%s\"", cfgs[ci].name, be->err.msg);
     }
@@ -318,9 +318,9 @@ static void test_rmsnorm(void) {
                         lf_status s;
                         if (alias) {
                             memcpy(out, x, (size_t)(T * C) * 4);
-                            s = be->ops->rmsnorm_forward(be, out, out, w, T, C, epss[e]);
+                            s = be->ops->rmsnorm_forward(be, lf_f32(out), lf_f32(out), w, T, C, epss[e]);
                         } else {
-                            s = be->ops->rmsnorm_forward(be, out, x, w, T, C, epss[e]);
+                            s = be->ops->rmsnorm_forward(be, lf_f32(out), lf_f32(x), w, T, C, epss[e]);
                         }
                         /* out = w*(x*r): relative error = that of r plus 2 roundings. r comes from a sum of C
                          * squares in f32 with >= 8 partial sums (the ref sums in double): random-walk error
@@ -375,7 +375,7 @@ static void test_rope(void) {
                     for (int ci = 0; ci < NCFG; ci++) {
                         lf_backend *be = use_cfg(ci);
                         memcpy(out, x, n * 4);
-                        lf_status s = be->ops->rope_forward(be, out, pos, inv_freq, T, NH, D);
+                        lf_status s = be->ops->rope_forward(be, lf_f32(out), pos, inv_freq, T, NH, D);
                         /* same f32 operations in the same order: equal, up to an FMA contraction a different
                          * compiler may do in the ref (1 ulp of values <= 1.5): 1e-6 absolute */
                         double er, r = worst_ratio(out, ref, (int64_t)n, NULL, 1e-6, 0.0, &er);
@@ -389,7 +389,7 @@ static void test_rope(void) {
     lf_backend *be = use_cfg(0);
     float x[8] = {0};
     int32_t pos[1] = {0};
-    lf_status st = be->ops->rope_forward(be, x, pos, x, 1, 1, 7);
+    lf_status st = be->ops->rope_forward(be, lf_f32(x), pos, x, 1, 1, 7);
     check(st == LF_EINVAL, "rope odd D -> LF_EINVAL (%s)", be->err.msg);
 }
 
@@ -417,7 +417,7 @@ static void test_attention_case(int64_t T, int64_t S, int64_t H, int64_t KH, int
     for (int ci = 0; ci < NCFG; ci++) {
         lf_backend *be = use_cfg(ci);
         lf_status s =
-            st != LF_OK ? st : be->ops->attention_forward(be, out, q, k, v, pos, T, S, H, KH, D, window, scale);
+            st != LF_OK ? st : be->ops->attention_forward(be, lf_f32(out), lf_f32(q), lf_f32(k), lf_f32(v), pos, T, S, H, KH, D, window, scale);
         double e, r = worst_ratio(out, ref, (int64_t)nq, NULL, tol_abs, 0.0, &e);
         if (!guard_ok(out, (int64_t)nq)) r = INFINITY;
         case_record(&cr, ci, s, r, e);
@@ -454,7 +454,7 @@ static void test_attention(void) {
         int32_t p4[4] = {0, 5, 11, 2};
         const int64_t wins[3] = {0, 1, 4};
         for (int wi = 0; wi < 3; wi++) {
-            lf_status st = be->ops->attention_forward(be, o, q, k, v, p4, 4, S, H, KH, D, wins[wi], 0.5f);
+            lf_status st = be->ops->attention_forward(be, lf_f32(o), lf_f32(q), lf_f32(k), lf_f32(v), p4, 4, S, H, KH, D, wins[wi], 0.5f);
             double worst = 0;
             for (int t = 0; t < 4; t++) {
                 int lo = wins[wi] > 0 && p4[t] - wins[wi] + 1 > 0 ? p4[t] - (int)wins[wi] + 1 : 0;
@@ -476,12 +476,12 @@ static void test_attention(void) {
     lf_backend *be = use_cfg(0);
     float buf[1024] = {0}, o[1024];
     pos[0] = 3;
-    lf_status st = be->ops->attention_forward(be, o, buf, buf, buf, pos, 1, 3, 1, 1, 16, 0, 1.0f);
+    lf_status st = be->ops->attention_forward(be, lf_f32(o), lf_f32(buf), lf_f32(buf), lf_f32(buf), pos, 1, 3, 1, 1, 16, 0, 1.0f);
     check(st == LF_EINVAL && strstr(be->err.msg, "pos[0]=3"), "attention pos >= S -> LF_EINVAL (%s)", be->err.msg);
     pos[0] = 0;
-    st = be->ops->attention_forward(be, o, buf, buf, buf, pos, 1, 1, 1, 1, 513, 0, 1.0f);
+    st = be->ops->attention_forward(be, lf_f32(o), lf_f32(buf), lf_f32(buf), lf_f32(buf), pos, 1, 1, 1, 1, 513, 0, 1.0f);
     check(st == LF_EINVAL && strstr(be->err.msg, "513"), "attention D=513 -> LF_EINVAL (%s)", be->err.msg);
-    st = be->ops->attention_forward(be, o, buf, buf, buf, pos, 1, 1, 6, 4, 16, 0, 1.0f);
+    st = be->ops->attention_forward(be, lf_f32(o), lf_f32(buf), lf_f32(buf), lf_f32(buf), pos, 1, 1, 6, 4, 16, 0, 1.0f);
     check(st == LF_EINVAL, "attention H=6 KH=4 -> LF_EINVAL (%s)", be->err.msg);
 }
 
@@ -504,11 +504,11 @@ static void test_elementwise(void) {
                 lf_backend *be = use_cfg(ci);
                 lf_status s;
                 if (alias == 0)
-                    s = be->ops->swiglu_forward(be, out, g, u, N);
+                    s = be->ops->swiglu_forward(be, lf_f32(out), lf_f32(g), lf_f32(u), N);
                 else if (alias == 1)
-                    memcpy(out, g, (size_t)N * 4), s = be->ops->swiglu_forward(be, out, out, u, N);
+                    memcpy(out, g, (size_t)N * 4), s = be->ops->swiglu_forward(be, lf_f32(out), lf_f32(out), lf_f32(u), N);
                 else
-                    memcpy(out, u, (size_t)N * 4), s = be->ops->swiglu_forward(be, out, g, out, N);
+                    memcpy(out, u, (size_t)N * 4), s = be->ops->swiglu_forward(be, lf_f32(out), lf_f32(g), lf_f32(out), N);
                 /* f32 exp (~2 ulp), one add, one division, one multiply: <= ~6 ulp relative, 1e-6 leaves room;
                  * 1e-35 absolute: for x < -88.37 exp(-x) overflows and silu(x) = -0 where the exact value is
                  * below 5e-37 */
@@ -525,11 +525,11 @@ static void test_elementwise(void) {
                 lf_backend *be = use_cfg(ci);
                 lf_status s;
                 if (alias == 0)
-                    s = be->ops->residual_forward(be, out, g, u, N);
+                    s = be->ops->residual_forward(be, lf_f32(out), lf_f32(g), lf_f32(u), N);
                 else if (alias == 1)
-                    memcpy(out, g, (size_t)N * 4), s = be->ops->residual_forward(be, out, out, u, N);
+                    memcpy(out, g, (size_t)N * 4), s = be->ops->residual_forward(be, lf_f32(out), lf_f32(out), lf_f32(u), N);
                 else
-                    memcpy(out, u, (size_t)N * 4), s = be->ops->residual_forward(be, out, g, out, N);
+                    memcpy(out, u, (size_t)N * 4), s = be->ops->residual_forward(be, lf_f32(out), lf_f32(g), lf_f32(out), N);
                 double e, r = worst_ratio(out, ref, N, NULL, 0.0, 0.0, &e); /* one f32 add: exact equality */
                 if (!guard_ok(out, N)) r = INFINITY;
                 case_record(&cr, ci, s, r, e);
@@ -562,9 +562,9 @@ static void test_softmax(void) {
                         lf_backend *be = use_cfg(ci);
                         lf_status s;
                         if (alias)
-                            memcpy(out, x, (size_t)(R * V) * 4), s = be->ops->softmax_forward(be, out, out, R, V);
+                            memcpy(out, x, (size_t)(R * V) * 4), s = be->ops->softmax_forward(be, lf_f32(out), lf_f32(out), R, V);
                         else
-                            s = be->ops->softmax_forward(be, out, x, R, V);
+                            s = be->ops->softmax_forward(be, lf_f32(out), lf_f32(x), R, V);
                         /* x - max is rounded in f32 (the ref subtracts in double): |x - max| <= 20 here, so the
                          * exponent is off by up to 20 * 2^-24 absolute = that much relative in exp; then f32 exp
                          * (~2 ulp) and a multiply by the f32 reciprocal of a double sum (2 roundings): 1e-6 on top.

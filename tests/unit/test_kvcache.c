@@ -268,8 +268,8 @@ static void test_pool_basics(void) {
     CHECK(lf_kv_pool_block_size(pool) == BS && lf_kv_pool_layers(pool) == L && lf_kv_pool_kv_heads(pool) == KH &&
               lf_kv_pool_head_dim(pool) == D,
           "pool dims");
-    CHECK(lf_kv_pool_v(pool, 0) - lf_kv_pool_k(pool, 0) == 10 * BS * KH * D &&
-              lf_kv_pool_k(pool, 1) - lf_kv_pool_k(pool, 0) == 2 * 10 * BS * KH * D,
+    CHECK(((float *)lf_kv_pool_v(pool, 0)) - ((float *)lf_kv_pool_k(pool, 0)) == 10 * BS * KH * D &&
+              ((float *)lf_kv_pool_k(pool, 1)) - ((float *)lf_kv_pool_k(pool, 0)) == 2 * 10 * BS * KH * D,
           "pool planes are [L, 2, NB, BS, KH, D]");
     lf_kv_pool *p2 = NULL;
     st = lf_kv_pool_create(be1, L, KH, D, BS, (size_t)(blk - 1), &p2, &err);
@@ -374,8 +374,8 @@ static void test_write_read_fork(void) {
             int32_t blk;
             int64_t s;
             lf_kv_slot(&a, p, &blk, &s);
-            const float *kp = lf_kv_pool_k(pool, l) + ((int64_t)blk * BS + s) * R;
-            const float *vp = lf_kv_pool_v(pool, l) + ((int64_t)blk * BS + s) * R;
+            const float *kp = ((float *)lf_kv_pool_k(pool, l)) + ((int64_t)blk * BS + s) * R;
+            const float *vp = ((float *)lf_kv_pool_v(pool, l)) + ((int64_t)blk * BS + s) * R;
             bad += memcmp(kp, kb + p * R, (size_t)R * 4) != 0 || memcmp(vp, vb + p * R, (size_t)R * 4) != 0;
         }
         st = lf_kv_read(pool, &b, l, 7, 30, kr, NULL, &err); /* an inner range, K only */
@@ -666,7 +666,7 @@ static void test_attention_over_cache(void) {
                 for (int64_t i = 0; i < T * H * D; i++) q[i] = urand(-3, 3);
                 lf_status s1 = lf_cpu_attention_forward_ref(ref, q, kc + l * S * R, vc + l * S * R, pos, T, S, H, KH,
                                                             D, window, scale, &err);
-                st = lf_cpu_attention_paged_forward(be2, out, q, lf_kv_pool_k(pool, l), lf_kv_pool_v(pool, l),
+                st = lf_cpu_attention_paged_forward(be2, out, q, ((float *)lf_kv_pool_k(pool, l)), ((float *)lf_kv_pool_v(pool, l)),
                                                     lf_kv_seq_table(&s), lf_kv_seq_n_blocks(&s), BS, pos, T, H, KH, D,
                                                     window, scale);
                 double e, r = worst_ratio(out, ref, T * H * D, tol, 0.0, &e);
