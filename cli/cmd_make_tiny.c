@@ -21,26 +21,27 @@ static const char *const FLAGS[] = {"--arch", "--out", "--dtype", "--tokenizer",
                                     "--tie-embeddings", "--attention-bias", NULL};
 
 static void help(void) {
-    printf("usage: loraforge make-tiny --arch llama|mistral|qwen2 --out DIR [options]\n\n"
+    printf("usage: loraforge make-tiny --arch llama|mistral|qwen2|qwen3 --out DIR [options]\n\n"
            "Writes a random-init Hugging Face model directory.\n\n"
-           "  --arch A              llama | mistral | qwen2 (required)\n"
+           "  --arch A              llama | mistral | qwen2 | qwen3 (required; qwen3 has per-head q/k norms)\n"
            "  --out DIR             output directory (created)\n"
            "  --seed N              RNG seed (default 0)\n"
            "  --hidden N            hidden_size (default 64)\n"
            "  --layers N            num_hidden_layers (default 2)\n"
            "  --heads N             num_attention_heads (default 4)\n"
            "  --kv-heads N          num_key_value_heads (default 2)\n"
-           "  --head-dim N          head_dim (default hidden/heads; written to config.json when set)\n"
+           "  --head-dim N          head_dim (default hidden/heads; written to config.json when set, and always\n"
+           "                        for qwen3)\n"
            "  --intermediate N      intermediate_size (default 128)\n"
            "  --vocab N             vocab_size (default: the tokenizer's size, else 512)\n"
            "  --max-pos N           max_position_embeddings (default 2048; 131072 with --rope-scaling)\n"
            "  --dtype D             f32 | bf16 | f16 (default f32)\n"
            "  --init-std X          std of the random weights (default 0.02)\n"
-           "  --rope-theta X        rope_theta (default 10000; qwen2 1000000)\n"
+           "  --rope-theta X        rope_theta (default 10000; qwen2, qwen3 1000000)\n"
            "  --rope-scaling llama3 add a Llama-3.1 rope_scaling block (factor 8, low 1, high 4, original 8192)\n"
-           "  --sliding-window N    sliding_window (mistral; qwen2 also sets use_sliding_window)\n"
+           "  --sliding-window N    sliding_window (mistral; qwen2/qwen3 also set use_sliding_window)\n"
            "  --tie-embeddings      tie lm_head to embed_tokens (no lm_head.weight written)\n"
-           "  --attention-bias      llama: q/k/v/o biases (qwen2 always has q/k/v biases)\n"
+           "  --attention-bias      llama, qwen3: q/k/v/o biases (qwen2 always has q/k/v biases)\n"
            "  --shard-size BYTES    write model-0000x-of-0000y.safetensors shards + index when larger\n"
            "  --tokenizer PATH      tokenizer.json or a directory with tokenizer files to copy in\n");
 }
@@ -74,27 +75,104 @@ static int64_t tokenizer_vocab_size(const char *path, int64_t *bos, int64_t *eos
     return mx + 1;
 }
 
+/* Split a legacy "a b" merge whose tokens may hold spaces (Llama-2's file has "   " = " " + "  "): the only
+ * space when there is one, else the first split where a, b and a+b are all in the vocab (what
+ * model/tokenizer_bpe.c reads). 0 when no split works. */
+static int split_merge(const json_t *vocab, const char *s, size_t n, size_t *at) {
+    const char *sp = memchr(s, ' ', n);
+    if (sp && !memchr(sp + 1, ' ', n - (size_t)(sp - s) - 1)) {
+        *at = (size_t)(sp - s);
+        return 1;
+    }
+    char *joined = malloc(n + 1);
+    if (!joined) return 0;
+    int found = 0;
+    for (size_t i = 1; i + 1 < n && !found; i++) {
+        if (s[i] != ' ') continue;
+        memcpy(joined, s, i);
+        memcpy(joined + i, s + i + 1, n - i - 1);
+        joined[n - 1] = '\0';
+        found = json_object_getn(vocab, s, i) && json_object_getn(vocab, s + i + 1, n - i - 1) &&
+                json_object_getn(vocab, joined, n - 1);
+        if (found) *at = i;
+    }
+    free(joined);
+    return found;
+}
+
+/* Copy tokenizer.json. A legacy merges list in which some "a b" string has more than one space is ambiguous to
+ * Hugging Face tokenizers (AutoTokenizer fails on it, and so does llama.cpp's converter): such a file is
+ * rewritten with every merge in the pair form ["a", "b"] (tokenizers >= 0.20 reads it). Other files are copied
+ * byte for byte. */
+static int write_tokenizer_json(const char *from, const char *to) {
+    lf_err err;
+    json_t *root = NULL;
+    if (lf_json_load_file(from, &root, &err)) {
+        lf_cli_error(CMD, "--tokenizer: %s", err.msg);
+        return 1;
+    }
+    json_t *model = json_object_get(root, "model"), *merges = json_object_get(model, "merges");
+    const json_t *vocab = json_object_get(model, "vocab");
+    int ambiguous = 0, rc = 1;
+    size_t i;
+    json_t *m;
+    json_array_foreach(merges, i, m) {
+        if (!json_is_string(m)) continue;
+        const char *sp = memchr(json_string_value(m), ' ', json_string_length(m));
+        if (sp && memchr(sp + 1, ' ', json_string_length(m) - (size_t)(sp - json_string_value(m)) - 1)) ambiguous = 1;
+    }
+    if (!ambiguous) {
+        json_decref(root);
+        if (lf_file_copy(from, to, &err)) {
+            lf_cli_error(CMD, "%s", err.msg);
+            return 1;
+        }
+        return 0;
+    }
+    json_t *pairs = json_array();
+    if (!pairs) goto oom;
+    json_array_foreach(merges, i, m) {
+        const char *str = json_string_value(m);
+        size_t n = json_string_length(m), at = 0;
+        if (!str || !json_is_object(vocab) || !split_merge(vocab, str, n, &at)) {
+            lf_cli_error(CMD, "--tokenizer %s: model.merges[%zu] is not a merge of two vocabulary tokens", from, i);
+            json_decref(pairs);
+            goto done;
+        }
+        if (json_array_append_new(pairs, json_pack("[s#, s#]", str, (int)at, str + at + 1, (int)(n - at - 1)))) {
+            json_decref(pairs);
+            goto oom;
+        }
+    }
+    json_object_set_new(model, "merges", pairs);
+    if (lf_json_write_file(to, root, &err)) {
+        lf_cli_error(CMD, "%s", err.msg);
+        goto done;
+    }
+    rc = 0;
+    goto done;
+oom:
+    lf_cli_error(CMD, "out of memory rewriting %s", from);
+done:
+    json_decref(root);
+    return rc;
+}
+
 static int copy_tokenizer(const char *src, const char *out) {
     static const char *files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"};
     char from[4096], to[4096];
     lf_err err;
     if (!lf_path_is_dir(src)) {
         snprintf(to, sizeof to, "%s/tokenizer.json", out);
-        if (lf_file_copy(src, to, &err)) {
-            lf_cli_error(CMD, "%s", err.msg);
-            return 1;
-        }
-        return 0;
+        return write_tokenizer_json(src, to);
     }
     int copied = 0;
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         snprintf(from, sizeof from, "%s/%s", src, files[i]);
         if (!lf_path_exists(from)) continue;
         snprintf(to, sizeof to, "%s/%s", out, files[i]);
-        if (lf_file_copy(from, to, &err)) {
-            lf_cli_error(CMD, "%s", err.msg);
+        if (i == 0 ? write_tokenizer_json(from, to) : lf_file_copy(from, to, &err) ? (lf_cli_error(CMD, "%s", err.msg), 1) : 0)
             return 1;
-        }
         copied++;
     }
     if (!copied) {
@@ -134,7 +212,11 @@ static int add_tensor(wtensor *ts, int *n, lf_rng *rng, const char *name, int nd
 }
 
 static json_t *config_json(const opts *o, int64_t vocab, int64_t bos, int64_t eos, int64_t head_dim) {
-    const char *arch = !strcmp(o->arch, "llama") ? "LlamaForCausalLM" : !strcmp(o->arch, "mistral") ? "MistralForCausalLM" : "Qwen2ForCausalLM";
+    const char *arch = !strcmp(o->arch, "llama")     ? "LlamaForCausalLM"
+                       : !strcmp(o->arch, "mistral") ? "MistralForCausalLM"
+                       : !strcmp(o->arch, "qwen2")   ? "Qwen2ForCausalLM"
+                                                     : "Qwen3ForCausalLM";
+    const int qwen3 = !strcmp(o->arch, "qwen3");
     const char *tdt = !strcmp(o->dtype, "f32") ? "float32" : !strcmp(o->dtype, "bf16") ? "bfloat16" : "float16";
     json_t *c = json_object();
     json_object_set_new(c, "architectures", json_pack("[s]", arch));
@@ -144,7 +226,7 @@ static json_t *config_json(const opts *o, int64_t vocab, int64_t bos, int64_t eo
     json_object_set_new(c, "num_hidden_layers", json_integer(o->layers));
     json_object_set_new(c, "num_attention_heads", json_integer(o->heads));
     json_object_set_new(c, "num_key_value_heads", json_integer(o->kv_heads));
-    if (o->head_dim > 0) json_object_set_new(c, "head_dim", json_integer(head_dim));
+    if (o->head_dim > 0 || qwen3) json_object_set_new(c, "head_dim", json_integer(head_dim));
     json_object_set_new(c, "vocab_size", json_integer(vocab));
     json_object_set_new(c, "max_position_embeddings", json_integer(o->max_pos));
     json_object_set_new(c, "rms_norm_eps", json_real(1e-6));
@@ -162,9 +244,10 @@ static json_t *config_json(const opts *o, int64_t vocab, int64_t bos, int64_t eo
         json_object_set_new(c, "mlp_bias", json_false());
         json_object_set_new(c, "pretraining_tp", json_integer(1));
     } else {
+        if (qwen3) json_object_set_new(c, "attention_bias", json_boolean(o->attn_bias));
         json_object_set_new(c, "sliding_window", o->sliding > 0 ? json_integer(o->sliding) : json_null());
     }
-    if (!strcmp(o->arch, "qwen2")) {
+    if (!strcmp(o->arch, "qwen2") || qwen3) {
         json_object_set_new(c, "use_sliding_window", json_boolean(o->sliding > 0));
         json_object_set_new(c, "max_window_layers", json_integer(o->layers));
     }
@@ -282,8 +365,8 @@ int lf_cmd_make_tiny(int argc, char **argv) {
         lf_cli_error(CMD, "--arch and --out are required (see --help)");
         return 2;
     }
-    if (strcmp(o.arch, "llama") && strcmp(o.arch, "mistral") && strcmp(o.arch, "qwen2")) {
-        lf_cli_error(CMD, "--arch: unknown architecture '%s' (llama, mistral, qwen2)", o.arch);
+    if (strcmp(o.arch, "llama") && strcmp(o.arch, "mistral") && strcmp(o.arch, "qwen2") && strcmp(o.arch, "qwen3")) {
+        lf_cli_error(CMD, "--arch: unknown architecture '%s' (llama, mistral, qwen2, qwen3)", o.arch);
         return 2;
     }
     lf_dtype dt = !strcmp(o.dtype, "f32") ? LF_DTYPE_F32 : !strcmp(o.dtype, "bf16") ? LF_DTYPE_BF16 : !strcmp(o.dtype, "f16") ? LF_DTYPE_F16 : LF_DTYPE_INVALID;
@@ -305,7 +388,8 @@ int lf_cmd_make_tiny(int argc, char **argv) {
         return 2;
     }
     if (o.rope_scaling && !max_pos_set) o.max_pos = 131072; /* transformers wants original (8192) < max */
-    if (o.rope_theta == 0) o.rope_theta = !strcmp(o.arch, "qwen2") ? 1000000.0 : 10000.0;
+    const int qwen3 = !strcmp(o.arch, "qwen3");
+    if (o.rope_theta == 0) o.rope_theta = !strcmp(o.arch, "qwen2") || qwen3 ? 1000000.0 : 10000.0;
 
     int64_t bos = -1, eos = -1;
     char tokpath[4096] = "";
@@ -332,7 +416,7 @@ int lf_cmd_make_tiny(int argc, char **argv) {
         return 1;
     }
     int qkv_bias = !strcmp(o.arch, "qwen2") || o.attn_bias;
-    int nmax = 3 + (int)o.layers * 14; /* per layer at most 13 tensors (2 norms, 7 matrices, 4 biases) */
+    int nmax = 3 + (int)o.layers * 16; /* per layer at most 15 tensors (4 norms, 7 matrices, 4 biases) */
     wtensor *ts = calloc((size_t)nmax, sizeof *ts);
     int n = 0, rc = 1;
     if (!ts) {
@@ -358,8 +442,12 @@ int lf_cmd_make_tiny(int argc, char **argv) {
             L("self_attn.k_proj.bias"); ADD(1, KH * D, 0, 0);
             L("self_attn.v_proj.bias"); ADD(1, KH * D, 0, 0);
         }
+        if (qwen3) {
+            L("self_attn.q_norm.weight"); ADD(1, D, 0, 1);
+            L("self_attn.k_norm.weight"); ADD(1, D, 0, 1);
+        }
         L("self_attn.o_proj.weight"); ADD(2, C, H * D, 0);
-        if (o.attn_bias && !strcmp(o.arch, "llama")) { L("self_attn.o_proj.bias"); ADD(1, C, 0, 0); }
+        if (o.attn_bias && (!strcmp(o.arch, "llama") || qwen3)) { L("self_attn.o_proj.bias"); ADD(1, C, 0, 0); }
         L("post_attention_layernorm.weight"); ADD(1, C, 0, 1);
         L("mlp.gate_proj.weight"); ADD(2, FF, C, 0);
         L("mlp.up_proj.weight"); ADD(2, FF, C, 0);

@@ -13,6 +13,7 @@ const char *lf_arch_name(lf_arch a) {
     case LF_ARCH_LLAMA: return "LlamaForCausalLM";
     case LF_ARCH_MISTRAL: return "MistralForCausalLM";
     case LF_ARCH_QWEN2: return "Qwen2ForCausalLM";
+    case LF_ARCH_QWEN3: return "Qwen3ForCausalLM";
     }
     return "?";
 }
@@ -38,16 +39,21 @@ static lf_status read_eos(const json_t *obj, const char *key, lf_model_config *c
     return lf_err_set(err, LF_EFORMAT, "%s: \"%s\" must be an integer or a list of integers", ctx, key);
 }
 
+/* "rope_scaling" (transformers 4) or "rope_parameters" (transformers 5, which also carries rope_theta). */
 static lf_status read_rope_scaling(const json_t *root, lf_model_config *cfg, const char *ctx, lf_err *err) {
-    const json_t *rs = json_object_get(root, "rope_scaling");
+    const char *key = "rope_scaling";
+    const json_t *rs = json_object_get(root, key);
     cfg->rope_type = LF_ROPE_DEFAULT;
+    if (!rs || json_is_null(rs)) rs = json_object_get(root, key = "rope_parameters");
     if (!rs || json_is_null(rs)) return LF_OK;
-    if (!json_is_object(rs)) return lf_err_set(err, LF_EFORMAT, "%s: \"rope_scaling\" must be an object or null", ctx);
-    const char *type = NULL;
-    lf_status st = lf_json_str_opt(rs, "rope_type", NULL, &type, ctx, err);
+    if (!json_is_object(rs)) return lf_err_set(err, LF_EFORMAT, "%s: \"%s\" must be an object or null", ctx, key);
+    lf_status st = lf_json_num_opt(rs, "rope_theta", cfg->rope_theta, &cfg->rope_theta, ctx, err);
     if (st) return st;
+    if (!(cfg->rope_theta > 0)) return lf_err_set(err, LF_EINVAL, "%s: %s.rope_theta must be > 0", ctx, key);
+    const char *type = NULL;
+    if ((st = lf_json_str_opt(rs, "rope_type", NULL, &type, ctx, err))) return st;
     if (!type && (st = lf_json_str_opt(rs, "type", NULL, &type, ctx, err))) return st;
-    if (!type) return lf_err_set(err, LF_EFORMAT, "%s: rope_scaling has no \"rope_type\"", ctx);
+    if (!type) return lf_err_set(err, LF_EFORMAT, "%s: %s has no \"rope_type\"", ctx, key);
     if (strcmp(type, "default") == 0) return LF_OK;
     if ((st = lf_json_num(rs, "factor", &cfg->rope_factor, ctx, err))) return st;
     if (!(cfg->rope_factor >= 1.0))
@@ -66,7 +72,7 @@ static lf_status read_rope_scaling(const json_t *root, lf_model_config *cfg, con
             return lf_err_set(err, LF_EINVAL, "%s: rope_scaling llama3 needs high_freq_factor > low_freq_factor and original_max_position_embeddings > 0", ctx);
         return LF_OK;
     }
-    return lf_err_set(err, LF_EUNSUPPORTED, "%s: rope_scaling type \"%s\" is not supported (supported: default, linear, llama3)", ctx, type);
+    return lf_err_set(err, LF_EUNSUPPORTED, "%s: %s type \"%s\" is not supported (supported: default, linear, llama3)", ctx, key, type);
 }
 
 lf_status lf_model_config_load(const char *dir, lf_model_config *cfg, lf_err *err) {
@@ -95,10 +101,12 @@ lf_status lf_model_config_load(const char *dir, lf_model_config *cfg, lf_err *er
         cfg->arch = LF_ARCH_MISTRAL;
     else if (arch ? strcmp(arch, "Qwen2ForCausalLM") == 0 : (mtype && strcmp(mtype, "qwen2") == 0))
         cfg->arch = LF_ARCH_QWEN2;
+    else if (arch ? strcmp(arch, "Qwen3ForCausalLM") == 0 : (mtype && strcmp(mtype, "qwen3") == 0))
+        cfg->arch = LF_ARCH_QWEN3;
     else {
         st = lf_err_set(err, LF_EUNSUPPORTED,
                         "%s: unknown architecture \"%s\" (model_type \"%s\"); supported: LlamaForCausalLM, "
-                        "MistralForCausalLM, Qwen2ForCausalLM",
+                        "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM",
                         path, arch ? arch : "(none)", mtype ? mtype : "(none)");
         goto fail;
     }
@@ -136,8 +144,8 @@ lf_status lf_model_config_load(const char *dir, lf_model_config *cfg, lf_err *er
                         (long long)cfg->H, (long long)cfg->KH);
         goto fail;
     }
-    /* head_dim: honoured by Mistral and newer Llama/Qwen2 configs; transformers 4.44's Llama/Qwen2 always
-     * use hidden/heads, and real configs only set head_dim to that same value. */
+    /* head_dim: separate from hidden/heads in Qwen3 and Mistral-Nemo; honoured by every architecture here
+     * (transformers 4.44's Llama/Qwen2 used hidden/heads, and their real configs set head_dim to that value). */
     int64_t hd_default = cfg->C % cfg->H == 0 ? cfg->C / cfg->H : 0;
     LF_TRY(lf_json_int_opt(root, "head_dim", hd_default, &cfg->D, path, err));
     if (cfg->D <= 0 || cfg->D % 2 != 0 || cfg->D > LF_MAX_HEAD_DIM) {
@@ -153,13 +161,14 @@ lf_status lf_model_config_load(const char *dir, lf_model_config *cfg, lf_err *er
     /* biases */
     if (cfg->arch == LF_ARCH_QWEN2) {
         cfg->qkv_bias = 1;
-    } else if (cfg->arch == LF_ARCH_LLAMA) {
+    } else if (cfg->arch == LF_ARCH_LLAMA || cfg->arch == LF_ARCH_QWEN3) {
         int ab = 0, mb = 0;
         LF_TRY(lf_json_bool_opt(root, "attention_bias", 0, &ab, path, err));
         LF_TRY(lf_json_bool_opt(root, "mlp_bias", 0, &mb, path, err));
         cfg->qkv_bias = cfg->o_bias = ab;
-        cfg->mlp_bias = mb;
+        cfg->mlp_bias = cfg->arch == LF_ARCH_LLAMA ? mb : 0;
     }
+    cfg->qk_norm = cfg->arch == LF_ARCH_QWEN3;
 
     /* sliding window: Mistral on every layer when set; Qwen2 only with use_sliding_window, on layers
      * >= max_window_layers */
@@ -170,7 +179,7 @@ lf_status lf_model_config_load(const char *dir, lf_model_config *cfg, lf_err *er
         goto fail;
     }
     int64_t first_window_layer = 0;
-    if (cfg->arch == LF_ARCH_QWEN2) {
+    if (cfg->arch == LF_ARCH_QWEN2 || cfg->arch == LF_ARCH_QWEN3) {
         int use = 0;
         LF_TRY(lf_json_bool_opt(root, "use_sliding_window", 0, &use, path, err));
         if (!use) sw = 0;
@@ -179,6 +188,26 @@ lf_status lf_model_config_load(const char *dir, lf_model_config *cfg, lf_err *er
         sw = 0;
     }
     for (int64_t l = 0; l < cfg->L; l++) cfg->window[l] = l >= first_window_layer ? sw : 0;
+    /* transformers 5 writes the per-layer kinds out: "layer_types" wins over the rule above when present */
+    const json_t *lt = json_object_get(root, "layer_types");
+    if (lt && !json_is_null(lt)) {
+        if (!json_is_array(lt) || (int64_t)json_array_size(lt) != cfg->L) {
+            st = lf_err_set(err, LF_EFORMAT, "%s: \"layer_types\" must be a list of num_hidden_layers (%lld) strings",
+                            path, (long long)cfg->L);
+            goto fail;
+        }
+        for (int64_t l = 0; l < cfg->L; l++) {
+            const char *k = json_string_value(json_array_get(lt, (size_t)l));
+            if (k && strcmp(k, "full_attention") == 0) cfg->window[l] = 0;
+            else if (k && strcmp(k, "sliding_attention") == 0) cfg->window[l] = sw; /* 0: no window set */
+            else {
+                st = lf_err_set(err, k ? LF_EUNSUPPORTED : LF_EFORMAT, "%s: layer_types[%lld] is %s%s%s; supported: "
+                                "\"full_attention\", \"sliding_attention\"", path,
+                                (long long)l, k ? "\"" : "not a string", k ? k : "", k ? "\"" : "");
+                goto fail;
+            }
+        }
+    }
 
     /* bitsandbytes checkpoints: only 4-bit is supported (8-bit LLM.int8 weights are refused by name) */
     const json_t *qc = json_object_get(root, "quantization_config");

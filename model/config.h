@@ -1,4 +1,4 @@
-/* config.h - Hugging Face config.json (+ generation_config.json) for Llama, Mistral and Qwen2 causal LMs.
+/* config.h - Hugging Face config.json (+ generation_config.json) for Llama, Mistral, Qwen2 and Qwen3 causal LMs.
  *
  * Invariants after a successful lf_model_config_load: all sizes > 0, H % KH == 0, D even and <= 512,
  * window[l] >= 0 for every layer (0 = full causal attention). */
@@ -13,7 +13,7 @@
 extern "C" {
 #endif
 
-typedef enum lf_arch { LF_ARCH_LLAMA = 0, LF_ARCH_MISTRAL = 1, LF_ARCH_QWEN2 = 2 } lf_arch;
+typedef enum lf_arch { LF_ARCH_LLAMA = 0, LF_ARCH_MISTRAL = 1, LF_ARCH_QWEN2 = 2, LF_ARCH_QWEN3 = 3 } lf_arch;
 
 typedef enum lf_rope_type { LF_ROPE_DEFAULT = 0, LF_ROPE_LINEAR = 1, LF_ROPE_LLAMA3 = 2 } lf_rope_type;
 
@@ -38,6 +38,8 @@ typedef struct lf_model_config {
     int qkv_bias;          /* q/k/v projections have bias (Qwen2; Llama attention_bias) */
     int o_bias;            /* o_proj has bias (Llama attention_bias) */
     int mlp_bias;          /* gate/up/down have bias (Llama mlp_bias) */
+    /* optional parts of a layer (0 = absent) */
+    int qk_norm;           /* per-head RMSNorm of q and k over D before RoPE (Qwen3: self_attn.q_norm/k_norm [D]) */
     int64_t window[LF_MAX_LAYERS]; /* per-layer sliding window, 0 = none */
     /* rope scaling */
     lf_rope_type rope_type;

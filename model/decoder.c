@@ -21,9 +21,11 @@ lf_status lf_decoder_layer_forward(const lf_model *m, int64_t l, lf_act x_in, lf
     const int64_t C = c->C, H = c->H, KH = c->KH, D = c->D, FF = c->FF;
     /* attention block */
     OP(ops->rmsnorm_forward(be, a->xn1, x_in, ly->ln1, T, C, c->rms_eps));
-    LF_TRY(h->linear(h->ctx, l, LF_MOD_Q, a->q, a->xn1, T, err));
-    LF_TRY(h->linear(h->ctx, l, LF_MOD_K, a->k, a->xn1, T, err));
+    LF_TRY(h->linear(h->ctx, l, LF_MOD_Q, ly->qn ? a->qp : a->q, a->xn1, T, err));
+    LF_TRY(h->linear(h->ctx, l, LF_MOD_K, ly->kn ? a->kp : a->k, a->xn1, T, err));
     LF_TRY(h->linear(h->ctx, l, LF_MOD_V, a->v, a->xn1, T, err));
+    if (ly->qn) OP(ops->rmsnorm_forward(be, a->q, a->qp, ly->qn, T * H, D, c->rms_eps)); /* rows = heads */
+    if (ly->kn) OP(ops->rmsnorm_forward(be, a->k, a->kp, ly->kn, T * KH, D, c->rms_eps));
     OP(ops->rope_forward(be, a->q, pos, m->finv_freq, T, H, D));
     OP(ops->rope_forward(be, a->k, pos, m->finv_freq, T, KH, D));
     LF_TRY(h->attend(h->ctx, l, a, T, err));

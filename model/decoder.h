@@ -5,13 +5,14 @@
  * attention reads K/V (a paged cache with the new rows scattered into it, or the sequence itself with the
  * log-sum-exp kept for the backward).
  *
- * Layer (Llama family, HF names): xn1 = input_layernorm(x); q, k, v = lin(xn1); RoPE(q, k); att = attend(q, k,
- * v); xmid = x + o_proj(att); xn2 = post_attention_layernorm(xmid); h = silu(gate(xn2)) * up(xn2);
- * x_out = xmid + down(h).
+ * Layer (Llama family, HF names): xn1 = input_layernorm(x); q, k, v = lin(xn1); [Qwen3: q = q_norm(q),
+ * k = k_norm(k), RMSNorm over each head's D]; RoPE(q, k); att = attend(q, k, v); xmid = x + o_proj(att);
+ * xn2 = post_attention_layernorm(xmid); h = silu(gate(xn2)) * up(xn2); x_out = xmid + down(h).
+ * Optional parts are present when the layer's weight is (lf_layer.qn/kn non-NULL).
  *
  * Buffers: the caller owns every buffer of lf_layer_acts (backend memory, activations of one dtype). Aliases
  * the forward allows, and inference uses to keep one scratch set: xmid == x_in == x_out (in-place residuals),
- * xn2 == xn1, h == g. Training keeps them apart (its backward reads them). */
+ * xn2 == xn1, h == g, qp == q, kp == k. Training keeps them apart (its backward reads them). */
 #ifndef LF_MODEL_DECODER_H
 #define LF_MODEL_DECODER_H
 
@@ -19,7 +20,8 @@
 
 typedef struct lf_layer_acts {
     lf_act xn1;       /* [T, C]   normed input of the attention block */
-    lf_act q, k, v;   /* [T, H*D], [T, KH*D] x2 (after RoPE) */
+    lf_act qp, kp;    /* [T, H*D], [T, KH*D] q and k projections before q_norm/k_norm (unused without them) */
+    lf_act q, k, v;   /* [T, H*D], [T, KH*D] x2 (after the norms and RoPE) */
     lf_act att;       /* [T, H*D] attention output */
     lf_act tmp;       /* [T, C]   o_proj / down_proj output before its residual */
     lf_act xmid;      /* [T, C]   residual stream after attention */

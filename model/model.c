@@ -1,6 +1,7 @@
 /* model.c - Llama-family forward pass (inference) written once against the backend op table.
  *
- * Layout per layer (HF names): input_layernorm -> q/k/v_proj (+bias) -> RoPE -> causal GQA attention
+ * Layout per layer (HF names): input_layernorm -> q/k/v_proj (+bias) (-> q_norm/k_norm per head, Qwen3) ->
+ * RoPE -> causal GQA attention
  * (optional sliding window) -> o_proj -> residual -> post_attention_layernorm -> gate/up -> SwiGLU ->
  * down_proj -> residual. Final norm, then lm_head (tied to embed_tokens when tie_word_embeddings).
  * Decoder linears are dense mmapped views or 4-bit states (model_quant.c); lf_linear_forward picks the op.
@@ -145,6 +146,8 @@ static lf_status upload_weights(lf_model *m, lf_err *err) {
         const lf_layer *hy = &m->layers[l];
         fy->ln1 = REBASE(hy->ln1);
         fy->ln2 = REBASE(hy->ln2);
+        fy->qn = REBASE(hy->qn);
+        fy->kn = REBASE(hy->kn);
         for (int mod = 0; mod < LF_MOD_COUNT; mod++) {
             lf_linear *f = &fy->lin[mod];
             const lf_linear *h = &hy->lin[mod];
@@ -219,8 +222,8 @@ lf_status lf_model_load_opts(const char *dir, lf_backend *be, const lf_model_opt
 
     m->layers = calloc((size_t)c->L, sizeof *m->layers);
     LF_CHECK_ALLOC(m->layers, err);
-    /* all 1-D weights: per layer 2 norms + biases, plus final norm, plus inv_freq */
-    int64_t per_layer = 2 * C + (H * D + 2 * KH * D) + C + 2 * FF + C;
+    /* all 1-D weights: per layer 2 norms + biases (+ q/k norms), plus final norm, plus inv_freq */
+    int64_t per_layer = 2 * C + (H * D + 2 * KH * D) + C + 2 * FF + C + 2 * D;
     m->small = malloc((size_t)(per_layer * c->L + C + D / 2) * sizeof(float));
     LF_CHECK_ALLOC(m->small, err);
     m->mem.small_bytes = (per_layer * c->L + C + D / 2) * (int64_t)sizeof(float);
@@ -274,6 +277,10 @@ lf_status lf_model_load_opts(const char *dir, lf_backend *be, const lf_model_opt
         }
         LF_TRY(load_vector(m, LNAME("input_layernorm.weight"), C, 1, &cur, &ly->ln1, err));
         LF_TRY(load_vector(m, LNAME("post_attention_layernorm.weight"), C, 1, &cur, &ly->ln2, err));
+        if (c->qk_norm) {
+            LF_TRY(load_vector(m, LNAME("self_attn.q_norm.weight"), D, 1, &cur, &ly->qn, err));
+            LF_TRY(load_vector(m, LNAME("self_attn.k_norm.weight"), D, 1, &cur, &ly->kn, err));
+        }
 #undef LNAME
     }
     m->inv_freq = cur;

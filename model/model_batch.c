@@ -528,9 +528,10 @@ lf_status lf_batch_forward(lf_batch *b, const lf_paged_kv *kv, const lf_batch_se
     OP(ops->embedding_forward(be, b->x, b->tok, &m->fwte, T));
     batch_run run = {.b = b, .kv = kv, .segs = segs, .n_segs = n_segs, .T = T};
     const lf_decoder_hooks hooks = {batch_linear, batch_attend, &run};
-    /* one scratch set for every layer: residuals in place in x, xn1 = xn2 = xb, h over g */
-    const lf_layer_acts acts = {.xn1 = b->xb, .q = b->q, .k = b->k, .v = b->v, .att = b->att, .tmp = b->xb2,
-                                .xmid = b->x, .xn2 = b->xb, .g = b->hb, .up = b->hb2, .h = b->hb};
+    /* one scratch set for every layer: residuals in place in x, xn1 = xn2 = xb, h over g, q/k normed in place */
+    const lf_layer_acts acts = {.xn1 = b->xb, .qp = b->q, .kp = b->k, .q = b->q, .k = b->k, .v = b->v,
+                                .att = b->att, .tmp = b->xb2, .xmid = b->x, .xn2 = b->xb, .g = b->hb,
+                                .up = b->hb2, .h = b->hb};
     for (int64_t l = 0; l < c->L; l++) LF_TRY(lf_decoder_layer_forward(m, l, b->x, b->x, &acts, b->pos, T, &hooks, err));
     if (nw == 0) return LF_OK;
     /* the logit rows of every segment, gathered into xl [nw, C] */

@@ -23,6 +23,7 @@ typedef struct lf_linear {
 typedef struct lf_layer {
     lf_linear lin[LF_MOD_COUNT]; /* q k v o gate up down (lf_module order) */
     float *ln1, *ln2;            /* [C] */
+    float *qn, *kn;              /* [D] per-head q/k RMSNorm weights (cfg.qk_norm), else NULL */
 } lf_layer;
 
 struct lf_model {

@@ -4,7 +4,8 @@
  * dropout and the saved LoRA activations (lin_fwd), attention over the sequence itself (attention_train).
  * Per layer l (HF names), forward with what the backward keeps:
  *   xn1 = rmsnorm(x_l)                                    keep x_l (always), xn1
- *   q, k, v = lin(xn1); rope(q, k)                        keep q, k, v (after rope)
+ *   q, k, v = lin(xn1); [qk-norm]; rope(q, k)             keep q, k, v (after rope); with q_norm/k_norm also
+ *                                                         the projections before them (qp, kp)
  *   att, lse = attention_train(q, k, v)                   keep att, lse
  *   x_mid = x_l + lin_o(att)                              keep x_mid
  *   xn2 = rmsnorm(x_mid); g, u = lin(xn2); h = swiglu(g,u) keep xn2, g, u, h
@@ -25,6 +26,7 @@
 
 typedef struct act_set {
     float *xn1, *q, *k, *v, *att, *lse, *xmid, *xn2, *g, *up, *h; /* see the file comment */
+    float *qp, *kp;           /* [T, H*D], [T, KH*D] before q_norm/k_norm (cfg.qk_norm), else NULL */
     float *u[LF_MOD_COUNT];   /* [T, R] per adapted module */
     float *bnb[LF_MOD_COUNT]; /* DoRA: W drop(x) without bias [T, OC] */
     float *lo[LF_MOD_COUNT];  /* DoRA: B A drop(x) [T, OC] */
@@ -42,6 +44,7 @@ struct lf_trainer_model {
     act_set *sets;          /* [NS] */
     int64_t NS;
     float *dres, *dxn, *dq, *dk, *dv, *datt, *dg, *dup, *dh, *tmpc; /* gradients and a [T, C] temp */
+    float *dqp, *dkp;                    /* gradients before q_norm/k_norm (cfg.qk_norm), else NULL */
     float *xd, *dxd, *lo_s, *dlo, *dur;  /* LoRA scratch */
     float *logits, *losses, *xf, *dxf;   /* head chunk: [Rc, V], [Rc], [Rc, C], [Rc, C] */
     int64_t Rc;
@@ -224,7 +227,8 @@ static lf_status layer_fwd(lf_trainer_model *tm, act_set *S, int64_t l, const fl
                            uint64_t step, uint64_t seq, lf_err *err) {
     train_run run = {tm, S, step, seq};
     const lf_decoder_hooks hooks = {train_linear, train_attend, &run};
-    const lf_layer_acts acts = {.xn1 = lf_f32(S->xn1), .q = lf_f32(S->q), .k = lf_f32(S->k), .v = lf_f32(S->v),
+    const lf_layer_acts acts = {.xn1 = lf_f32(S->xn1), .qp = lf_f32(S->qp), .kp = lf_f32(S->kp),
+                                .q = lf_f32(S->q), .k = lf_f32(S->k), .v = lf_f32(S->v),
                                 .att = lf_f32(S->att), .tmp = lf_f32(tm->tmpc), .xmid = lf_f32(S->xmid),
                                 .xn2 = lf_f32(S->xn2), .g = lf_f32(S->g), .up = lf_f32(S->up), .h = lf_f32(S->h)};
     return lf_decoder_layer_forward(tm->m, l, lf_f32(x), lf_f32(xnext), &acts, tm->posbuf, T, &hooks, err);
@@ -260,9 +264,20 @@ static lf_status layer_bwd(lf_trainer_model *tm, act_set *S, int64_t l, const fl
                                    tm->posbuf, T, H, KH, D, c->window[l], scale));
     OP(be->ops->rope_backward(be, tm->dq, tm->posbuf, m->inv_freq, T, H, D));
     OP(be->ops->rope_backward(be, tm->dk, tm->posbuf, m->inv_freq, T, KH, D));
+    const float *dqo = tm->dq, *dko = tm->dk; /* gradients at the q/k projections' outputs */
+    if (ly->qn) {
+        memset(tm->dqp, 0, (size_t)(T * H * D) * sizeof(float));
+        OP(be->ops->rmsnorm_backward(be, tm->dqp, tm->dq, S->qp, ly->qn, T * H, D, c->rms_eps));
+        dqo = tm->dqp;
+    }
+    if (ly->kn) {
+        memset(tm->dkp, 0, (size_t)(T * KH * D) * sizeof(float));
+        OP(be->ops->rmsnorm_backward(be, tm->dkp, tm->dk, S->kp, ly->kn, T * KH, D, c->rms_eps));
+        dko = tm->dkp;
+    }
     memset(tm->dxn, 0, (size_t)(T * C) * sizeof(float));
-    LF_TRY(lin_bwd(tm, S, l, LF_MOD_Q, S->xn1, tm->dq, tm->dxn, T, step, seq, err));
-    LF_TRY(lin_bwd(tm, S, l, LF_MOD_K, S->xn1, tm->dk, tm->dxn, T, step, seq, err));
+    LF_TRY(lin_bwd(tm, S, l, LF_MOD_Q, S->xn1, dqo, tm->dxn, T, step, seq, err));
+    LF_TRY(lin_bwd(tm, S, l, LF_MOD_K, S->xn1, dko, tm->dxn, T, step, seq, err));
     LF_TRY(lin_bwd(tm, S, l, LF_MOD_V, S->xn1, tm->dv, tm->dxn, T, step, seq, err));
     OP(be->ops->rmsnorm_backward(be, tm->dres, tm->dxn, x, ly->ln1, T, C, c->rms_eps));
     return LF_OK;
@@ -353,6 +368,7 @@ lf_status lf_trainer_model_create(lf_model *m, const lf_lora_view *views, const 
             CARVE(S->xn1, T * C); CARVE(S->q, T * H * D); CARVE(S->k, T * KH * D); CARVE(S->v, T * KH * D);
             CARVE(S->att, T * H * D); CARVE(S->lse, T * H); CARVE(S->xmid, T * C); CARVE(S->xn2, T * C);
             CARVE(S->g, T * FF); CARVE(S->up, T * FF); CARVE(S->h, T * FF);
+            if (c->qk_norm) { CARVE(S->qp, T * H * D); CARVE(S->kp, T * KH * D); }
             for (int mod = 0; mod < LF_MOD_COUNT; mod++) {
                 /* the set serves layer s (or every layer when checkpointing): size for the largest rank */
                 int64_t R = 0, OC = 0, dora = 0;
@@ -371,6 +387,7 @@ lf_status lf_trainer_model_create(lf_model *m, const lf_lora_view *views, const 
         CARVE(tm->dres, T * C); CARVE(tm->dxn, T * C); CARVE(tm->tmpc, T * C);
         CARVE(tm->dq, T * H * D); CARVE(tm->dk, T * KH * D); CARVE(tm->dv, T * KH * D); CARVE(tm->datt, T * H * D);
         CARVE(tm->dg, T * FF); CARVE(tm->dup, T * FF); CARVE(tm->dh, T * FF);
+        if (c->qk_norm) { CARVE(tm->dqp, T * H * D); CARVE(tm->dkp, T * KH * D); }
         CARVE(tm->xd, T * maxin); CARVE(tm->dxd, T * maxin); CARVE(tm->lo_s, T * maxout); CARVE(tm->dlo, T * maxout);
         CARVE(tm->dur, T * Rmax);
         CARVE(tm->logits, tm->Rc * V); CARVE(tm->losses, tm->Rc); CARVE(tm->xf, tm->Rc * C); CARVE(tm->dxf, tm->Rc * C);

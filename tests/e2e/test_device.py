@@ -50,6 +50,11 @@ def main():
     make_tiny(a.bin, model, seed % 100000, 64, os.path.join(REPO, "examples", "tokenizer"))
     lora = peft_adapter(model, os.path.join(a.workdir, "lora"), seed + 1, 8, 16)
     dora = peft_adapter(model, os.path.join(a.workdir, "dora"), seed + 2, 4, 8, dora=True)
+    q3 = os.path.join(a.workdir, "q3")  # a layer with optional parts: Qwen3's per-head q/k norms, head_dim apart
+    run([a.bin, "make-tiny", "--arch", "qwen3", "--out", q3, "--seed", str(seed % 100000 + 7), "--hidden", "64",
+         "--heads", "4", "--kv-heads", "2", "--head-dim", "24", "--intermediate", "128", "--layers", "2",
+         "--init-std", "0.1", "--tokenizer", os.path.join(REPO, "examples", "tokenizer")])
+    q3lora = peft_adapter(q3, os.path.join(a.workdir, "q3lora"), seed + 3, 8, 16)
     npass = nfail = 0
     has_gpu = gpu_present()
 
@@ -90,6 +95,8 @@ def main():
     rng = np.random.default_rng(seed)
     toks = " ".join(str(int(x)) for x in rng.integers(3, 200, size=37))
     variants = {
+        "qwen3": ["--model", q3],
+        "qwen3 + lora, 4-bit": ["--model", q3, "--adapter", q3lora, "--quantization-bit", "4"],
         "f32": [],
         "lora": ["--adapter", lora],
         "dora": ["--adapter", dora],
@@ -98,10 +105,11 @@ def main():
         "bf16": ["--compute-dtype", "bf16"],
     }
     for name, extra in variants.items():
+        mdl, extra = (extra[1], extra[2:]) if extra[:1] == ["--model"] else (model, extra)
         res = {}
         for dev in ("cpu", "cpu-checked"):
             out = os.path.join(a.workdir, f"v-{name.replace(' ', '')}-{dev}.npy")
-            p = run([a.bin, "score", "--model", model, "--tokens", toks, "--chunk", "16", "--out", out, "--device", dev] + extra)
+            p = run([a.bin, "score", "--model", mdl, "--tokens", toks, "--chunk", "16", "--out", out, "--device", dev] + extra)
             res[dev] = np.load(out) if p.returncode == 0 else None
             if p.returncode != 0:
                 check(f"score {name} --device {dev}", False, p.stderr[-600:])
@@ -111,10 +119,24 @@ def main():
                   f"max |d| {np.max(np.abs(res['cpu'] - res['cpu-checked'])):.3g}")
         gen = {}
         for dev in ("cpu", "cpu-checked"):
-            p = run([a.bin, "generate", "--model", model, "--tokens", toks, "--max-new-tokens", "5", "--ignore-eos",
+            p = run([a.bin, "generate", "--model", mdl, "--tokens", toks, "--max-new-tokens", "5", "--ignore-eos",
                      "--device", dev] + extra)
             gen[dev] = p.stdout if p.returncode == 0 else f"rc {p.returncode}: {p.stderr[-300:]}"
         check(f"generate {name}: cpu-checked tokens == cpu tokens", gen["cpu"] == gen["cpu-checked"], str(gen))
+
+    for dev in ("cpu", "cpu-checked"):  # serve a qwen3 base with its adapter
+        try:
+            with Server(a.bin, ["--model", q3, "--device", dev, "--adapter", f"q3lora={q3lora}"], a.workdir,
+                        "q3-" + dev) as s:
+                got = [s.post("/invocations", {"inputs": "hello there", "parameters": {"max_new_tokens": 6,
+                       "do_sample": False}}, headers=h) for h in ({}, {"X-Amzn-SageMaker-Adapter-Identifier": "q3lora"})]
+                answers_q3 = [(r.status_code, r.text) for r in got]
+        except Exception as e:
+            answers_q3 = f"error {e}"
+        if dev == "cpu":
+            q3_cpu = answers_q3
+    check("serve qwen3 + adapter: cpu-checked answers as cpu (200, same text)",
+          isinstance(q3_cpu, list) and q3_cpu == answers_q3 and all(c == 200 for c, _ in q3_cpu), str(answers_q3)[:600])
 
     answers = {}
     for dev in ("cpu", "cpu-checked"):
