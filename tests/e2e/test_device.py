@@ -10,6 +10,8 @@
   ops on copies of the same bytes, so its logits must equal `--device cpu` BIT FOR BIT for: the f32 base, a
   LoRA adapter, a DoRA adapter, the 4-bit base (--quantization-bit 4) and bf16 compute; generate's tokens
   equal; and `serve --device cpu-checked` answers base, LoRA and DoRA requests exactly as `serve --device cpu`.
+
+oracle-stack: current (transformers 5: its qwen3 model; scripts/setup-tests.sh)
 """
 import argparse
 import os
