@@ -98,7 +98,7 @@ lf_status lf_lora_config_validate(const lf_lora_config *c, lf_err *err) {
 typedef struct lora_matcher {
     const lf_lora_config *cfg;
     pcre2_code *target_re;                      /* target_regex, anchored at both ends (re.fullmatch) */
-    pcre2_code *pat_re[2 * LF_LORA_MAX_PATTERNS]; /* ".*\\." + key + "$", anchored at start (re.match) */
+    pcre2_code *pat_re[2 * LF_LORA_MAX_PATTERNS]; /* "(.*\\.)?(" + key + ")$", anchored at start (re.match) */
     pcre2_match_data *md;
 } lora_matcher;
 
@@ -132,8 +132,8 @@ static lf_status matcher_init(lora_matcher *mt, const lf_lora_config *cfg, lf_er
     for (int i = 0; i < cfg->n_rank_pattern + cfg->n_alpha_pattern; i++) {
         const lf_lora_pattern *p = i < cfg->n_rank_pattern ? &cfg->rank_pattern[i]
                                                             : &cfg->alpha_pattern[i - cfg->n_rank_pattern];
-        char src[LF_LORA_NAME_MAX + 8];
-        snprintf(src, sizeof src, ".*\\.%s$", p->key);
+        char src[LF_LORA_NAME_MAX + 16];
+        snprintf(src, sizeof src, "(.*\\.)?(%s)$", p->key); /* peft.utils.other.get_pattern_key */
         LF_TRY(re_compile(src, PCRE2_ANCHORED, i < cfg->n_rank_pattern ? "rank_pattern key" : "alpha_pattern key",
                           &mt->pat_re[i], err));
     }
@@ -168,26 +168,31 @@ static int target_hit(const lora_matcher *mt, const char *name, int m) {
     return m >= 0 && (c->target_mask >> m) & 1u;
 }
 
-/* PEFT LoraModel._create_and_replace: first pattern key (rank_pattern then alpha_pattern) that matches, else the
- * module name itself, looked up in both dicts. */
+/* PEFT (0.21) LoraModel._create_and_replace: rank and alpha are looked up separately, each with
+ * get_pattern_key: the first key of that dict whose "(.*\.)?(key)$" matches the module name, else the name
+ * itself; then dict.get(key, default). */
 static void slot_rank_alpha(const lora_matcher *mt, const char *name, int64_t *R, double *alpha) {
     const lf_lora_config *c = mt->cfg;
     *R = c->r;
     *alpha = c->alpha;
-    int n = c->n_rank_pattern + c->n_alpha_pattern;
-    const char *key = name; /* no pattern matched: PEFT looks the full module name up as a key */
-    for (int i = 0; i < n; i++) {
-        if (!re_hit(mt, mt->pat_re[i], name)) continue;
-        key = i < c->n_rank_pattern ? c->rank_pattern[i].key : c->alpha_pattern[i - c->n_rank_pattern].key;
-        break;
-    }
+    const char *rkey = name, *akey = name;
+    for (int i = 0; i < c->n_rank_pattern; i++)
+        if (re_hit(mt, mt->pat_re[i], name)) {
+            rkey = c->rank_pattern[i].key;
+            break;
+        }
+    for (int i = 0; i < c->n_alpha_pattern; i++)
+        if (re_hit(mt, mt->pat_re[c->n_rank_pattern + i], name)) {
+            akey = c->alpha_pattern[i].key;
+            break;
+        }
     for (int k = 0; k < c->n_rank_pattern; k++)
-        if (!strcmp(c->rank_pattern[k].key, key)) {
+        if (!strcmp(c->rank_pattern[k].key, rkey)) {
             *R = (int64_t)c->rank_pattern[k].value;
             break;
         }
     for (int k = 0; k < c->n_alpha_pattern; k++)
-        if (!strcmp(c->alpha_pattern[k].key, key)) {
+        if (!strcmp(c->alpha_pattern[k].key, akey)) {
             *alpha = c->alpha_pattern[k].value;
             break;
         }

@@ -328,8 +328,10 @@ lf_status lf_peft_config_json(const lf_lora_config *c, char **out, lf_err *err) 
     json_t *init = c->init == LF_LORA_INIT_GAUSSIAN ? json_string("gaussian")
                                                     : json_boolean(c->init == LF_LORA_INIT_DEFAULT);
     int bad = 0;
+    bad |= json_object_set_new(o, "alora_invocation_tokens", json_null());
     bad |= json_object_set_new(o, "alpha_pattern", ap);
     ap = NULL;
+    bad |= json_object_set_new(o, "arrow_config", json_null());
     if (c->auto_mapping_class[0] || c->auto_mapping_library[0]) {
         json_t *am = json_object();
         LF_CHECK_ALLOC(am, err);
@@ -341,28 +343,43 @@ lf_status lf_peft_config_json(const lf_lora_config *c, char **out, lf_err *err) 
     }
     bad |= json_object_set_new(o, "base_model_name_or_path", json_str_or_null(c->base_model_name_or_path));
     bad |= json_object_set_new(o, "bias", json_string("none"));
+    bad |= json_object_set_new(o, "corda_config", json_null());
+    bad |= json_object_set_new(o, "ensure_weight_tying", json_false());
+    bad |= json_object_set_new(o, "eva_config", json_null());
+    bad |= json_object_set_new(o, "exclude_modules", json_null());
     bad |= json_object_set_new(o, "fan_in_fan_out", json_false());
     bad |= json_object_set_new(o, "inference_mode", json_true());
     bad |= json_object_set_new(o, "init_lora_weights", init);
+    bad |= json_object_set_new(o, "kasa_config", json_null());
     bad |= json_object_set_new(o, "layer_replication", json_null());
     bad |= json_object_set_new(o, "layers_pattern", json_null());
     bad |= json_object_set_new(o, "layers_to_transform", json_null());
     bad |= json_object_set_new(o, "loftq_config", json_object());
     bad |= json_object_set_new(o, "lora_alpha", json_num(c->alpha));
+    bad |= json_object_set_new(o, "lora_bias", json_false());
     bad |= json_object_set_new(o, "lora_dropout", json_real(c->dropout));
+    bad |= json_object_set_new(o, "lora_ga_config", json_null());
     bad |= json_object_set_new(o, "megatron_config", json_null());
     bad |= json_object_set_new(o, "megatron_core", json_string("megatron.core"));
     bad |= json_object_set_new(o, "modules_to_save", json_null());
+    bad |= json_object_set_new(o, "monteclora_config", json_null());
     bad |= json_object_set_new(o, "peft_type", json_string("LORA"));
+    bad |= json_object_set_new(o, "peft_version", json_string(LF_PEFT_FORMAT_VERSION));
+    bad |= json_object_set_new(o, "qalora_group_size", json_integer(16));
     bad |= json_object_set_new(o, "r", json_integer((json_int_t)c->r));
     bad |= json_object_set_new(o, "rank_pattern", rp);
     rp = NULL;
     bad |= json_object_set_new(o, "revision", json_str_or_null(c->revision));
     bad |= json_object_set_new(o, "target_modules", t);
     t = NULL;
+    bad |= json_object_set_new(o, "target_parameters", json_null());
     bad |= json_object_set_new(o, "task_type", json_str_or_null(c->task_type));
+    bad |= json_object_set_new(o, "trainable_token_indices", json_null());
+    bad |= json_object_set_new(o, "use_bdlora", json_null());
     bad |= json_object_set_new(o, "use_dora", json_boolean(c->use_dora));
+    bad |= json_object_set_new(o, "use_qalora", json_false());
     bad |= json_object_set_new(o, "use_rslora", json_boolean(c->use_rslora));
+    bad |= json_object_set_new(o, "velora_config", json_null());
     if (bad) goto oom;
     sb_json(&b, o, 0);
     if (b.oom || !b.p) goto oom;

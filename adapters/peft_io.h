@@ -1,5 +1,5 @@
 /* peft_io.h - PEFT LoRA/DoRA adapter directories (adapter_config.json + adapter_model.safetensors), read and
- * written the way peft 0.12 does, so that PeftModel.from_pretrained loads what we write and we load what peft,
+ * written the way peft 0.21 does, so that PeftModel.from_pretrained loads what we write and we load what peft,
  * LLaMA-Factory or Unsloth write.
  *
  * Written (lf_peft_save):
@@ -7,12 +7,17 @@
  *       writer picks (it sorts like the reference): base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight
  *       [R, C], ...lora_B.weight [OC, R], DoRA ...lora_magnitude_vector [OC] (no ".weight", as peft saves it);
  *       mlp.{gate,up,down}_proj for the MLP. F32 (default), or BF16/F16 on request.
- *   adapter_config.json  exactly peft 0.12's 24 keys (alpha_pattern auto_mapping base_model_name_or_path bias
- *       fan_in_fan_out inference_mode init_lora_weights layer_replication layers_pattern layers_to_transform
- *       loftq_config lora_alpha lora_dropout megatron_config megatron_core modules_to_save peft_type r
- *       rank_pattern revision target_modules task_type use_dora use_rslora), formatted as Python's
+ *   adapter_config.json  exactly the 41 keys peft 0.21.2 writes for a LoRA config (alora_invocation_tokens
+ *       alpha_pattern arrow_config auto_mapping base_model_name_or_path bias corda_config ensure_weight_tying
+ *       eva_config exclude_modules fan_in_fan_out inference_mode init_lora_weights kasa_config layer_replication
+ *       layers_pattern layers_to_transform loftq_config lora_alpha lora_bias lora_dropout lora_ga_config
+ *       megatron_config megatron_core modules_to_save monteclora_config peft_type peft_version
+ *       qalora_group_size r rank_pattern revision target_modules target_parameters task_type
+ *       trainable_token_indices use_bdlora use_dora use_qalora use_rslora velora_config), the features we do not
+ *       implement at their off values and peft_version = LF_PEFT_FORMAT_VERSION, formatted as Python's
  *       json.dumps(indent=2, sort_keys=True) (ASCII-only, no trailing newline, floats as Python repr), with
- *       inference_mode true. peft 0.12 refuses unknown keys, so no other key is ever written.
+ *       inference_mode true: byte-identical to peft 0.21.2's save_pretrained. peft drops (with a warning) keys
+ *       it does not know; peft 0.12 and older refuse them.
  *   Each file is written atomically (temp + fsync + rename); the weights first, then the config.
  *
  * Read (lf_peft_load):
@@ -50,6 +55,7 @@ extern "C" {
 #endif
 
 #define LF_PEFT_CONFIG_NAME "adapter_config.json"
+#define LF_PEFT_FORMAT_VERSION "0.21.2" /* the peft release whose adapter_config.json we write (peft_version) */
 #define LF_PEFT_WEIGHTS_NAME "adapter_model.safetensors"
 #define LF_PEFT_LEGACY_WEIGHTS_NAME "adapter_model.bin"
 
@@ -64,7 +70,7 @@ int lf_peft_parse_name(const char *name, int64_t *l, lf_module *m, lf_peft_kind 
 
 /* Parse adapter_config.json (path) into cfg (fully overwritten). */
 lf_status lf_peft_config_read(const char *path, lf_lora_config *cfg, lf_err *err);
-/* The adapter_config.json text for cfg (peft 0.12 key set and formatting); *out malloc'd, caller frees. */
+/* The adapter_config.json text for cfg (peft 0.21.2 key set and formatting); *out malloc'd, caller frees. */
 lf_status lf_peft_config_json(const lf_lora_config *cfg, char **out, lf_err *err);
 /* Write it atomically to path. */
 lf_status lf_peft_config_write(const lf_lora_config *cfg, const char *path, lf_err *err);

@@ -1,4 +1,4 @@
-/* optim.c - AdamW (torch 1.13 single-tensor arithmetic), deterministic gradient norm + clipping, state files.
+/* optim.c - AdamW (torch 2.15 single-tensor arithmetic), deterministic gradient norm + clipping, state files.
  *
  * Floating point: every a*b+c that torch fuses is written as fmaf(); every other expression is split so that
  * no compiler contraction (clang's default -ffp-contract=on, GCC's fast mode outside ISO C) can change it: one
@@ -38,7 +38,8 @@ lf_status lf_adamw_check(const lf_adamw_cfg *cfg, lf_err *err) {
  * ATen turns a Python float Scalar into a float operand. */
 typedef struct adamw_consts {
     float decay;   /* f32(1 - lr*wd) */
-    float b1, omb1; /* f32(beta1), f32(1 - beta1) */
+    float omb1;     /* f32(1 - beta1): exp_avg.lerp_(grad, 1 - beta1)'s weight */
+    float lw, lb;   /* the lerp's coefficient and which base: (omb1, 0 = m) when |omb1| < 0.5, else (omb1 - 1, 1 = g) */
     float b2, omb2; /* f32(beta2), f32(1 - beta2) */
     float bc2_sqrt; /* f32(sqrt(1 - beta2^t)) */
     float eps;      /* f32(eps) */
@@ -53,8 +54,16 @@ static adamw_consts adamw_make_consts(const lf_adamw_cfg *cfg, double lr, int64_
     double lrwd = lr * cfg->weight_decay;
     double step_size = lr / bc1;
     c.decay = (float)(1.0 - lrwd);
-    c.b1 = (float)cfg->beta1;
     c.omb1 = (float)(1.0 - cfg->beta1);
+    /* ATen's lerp (aten/src/ATen/native/Lerp.h, LerpKernel.cpp): weight small (|w| < 0.5) -> fma(w, end - self,
+     * self), else fma(w - 1, end - self, end); the vector and scalar kernels agree (both contract). */
+    if (fabsf(c.omb1) < 0.5f) {
+        c.lw = c.omb1;
+        c.lb = 0.0f;
+    } else {
+        c.lw = c.omb1 - 1.0f;
+        c.lb = 1.0f;
+    }
     c.b2 = (float)cfg->beta2;
     c.omb2 = (float)(1.0 - cfg->beta2);
     c.bc2_sqrt = (float)sqrt(bc2);
@@ -68,8 +77,7 @@ static void adamw_range(const adamw_consts *c, float *p, const float *g, float *
     for (int64_t i = b; i < e; i++) {
         float gi = g[i];
         float pi = p[i] * c->decay;
-        float mb = m[i] * c->b1;
-        float mi = fmaf(gi, c->omb1, mb);
+        float mi = fmaf(c->lw, gi - m[i], c->lb != 0.0f ? gi : m[i]);
         float vb = v[i] * c->b2;
         float sg = c->omb2 * gi;
         float vi = fmaf(sg, gi, vb);
@@ -91,14 +99,16 @@ static void adamw_range(const adamw_consts *c, float *p, const float *g, float *
  * (mul, fmadd, sqrt, div, add), so each lane equals adamw_range bit for bit; the tail runs adamw_range. */
 __attribute__((target("avx2,fma"))) static void adamw_range_avx2(const adamw_consts *c, float *p, const float *g, float *m,
                                                                  float *v, int64_t b, int64_t e) {
-    const __m256 decay = _mm256_set1_ps(c->decay), b1 = _mm256_set1_ps(c->b1), omb1 = _mm256_set1_ps(c->omb1);
+    const __m256 decay = _mm256_set1_ps(c->decay), lw = _mm256_set1_ps(c->lw);
+    const int lerp_from_g = c->lb != 0.0f;
     const __m256 b2 = _mm256_set1_ps(c->b2), omb2 = _mm256_set1_ps(c->omb2), bc2 = _mm256_set1_ps(c->bc2_sqrt);
     const __m256 eps = _mm256_set1_ps(c->eps), neg_step = _mm256_set1_ps(c->neg_step);
     int64_t i = b;
     for (; i + 8 <= e; i += 8) {
         __m256 gi = _mm256_loadu_ps(g + i);
         __m256 pi = _mm256_mul_ps(_mm256_loadu_ps(p + i), decay);
-        __m256 mi = _mm256_fmadd_ps(gi, omb1, _mm256_mul_ps(_mm256_loadu_ps(m + i), b1));
+        __m256 m0 = _mm256_loadu_ps(m + i);
+        __m256 mi = _mm256_fmadd_ps(lw, _mm256_sub_ps(gi, m0), lerp_from_g ? gi : m0);
         __m256 vi = _mm256_fmadd_ps(_mm256_mul_ps(omb2, gi), gi, _mm256_mul_ps(_mm256_loadu_ps(v + i), b2));
         __m256 d = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bc2), eps);
         __m256 upd = _mm256_div_ps(_mm256_mul_ps(neg_step, mi), d);
@@ -132,8 +142,8 @@ void lf_adamw_step_ref(const lf_adamw_cfg *cfg, double lr, int64_t t, float *p, 
     for (int64_t i = 0; i < n; i++) {
         /* torch, statement by statement (f32 tensors, f64 Python scalars) */
         p[i] = p[i] * c.decay;                      /* param.mul_(1 - lr * weight_decay) */
-        float mb = m[i] * c.b1;                     /* exp_avg.mul_(beta1) */
-        m[i] = fmaf(g[i], c.omb1, mb);              /* .add_(grad, alpha=1 - beta1): a + alpha*b, fused */
+        float dm = g[i] - m[i];                     /* exp_avg.lerp_(grad, 1 - beta1): end - self */
+        m[i] = fmaf(c.lw, dm, c.lb != 0.0f ? g[i] : m[i]); /* w*(end-self) + self (or (w-1)*(..) + end), fused */
         float vb = v[i] * c.b2;                     /* exp_avg_sq.mul_(beta2) */
         float sg = c.omb2 * g[i];                   /* .addcmul_(grad, grad, value=1 - beta2): */
         v[i] = fmaf(sg, g[i], vb);                  /*   self + (value*t1)*t2, fused */

@@ -1,5 +1,5 @@
 /* optim.h - AdamW over one flat f32 parameter array, gradient L2 norm + clipping, optimizer state files;
- * bit-compatible with torch 1.13 torch.optim.AdamW(foreach=False) and torch.nn.utils.clip_grad_norm_.
+ * torch 2.15's torch.optim.AdamW(foreach=False) and torch.nn.utils.clip_grad_norm_, operation for operation.
  *
  * Invariants:
  *   - every array (params p, grads g, first moment m, second moment v) is [N] f32, caller-owned and only
@@ -10,10 +10,12 @@
  *
  * AdamW element arithmetic, exactly torch's _single_tensor_adamw in the order torch evaluates it on its CPU
  * kernels (scalars in f64 as Python computes them, then rounded to f32 the way ATen converts a Scalar; the
- * AVX2 kernels fuse a*b+c into one FMA, so m and v use fmaf; verified bitwise, see tests/oracle):
+ * vector kernels fuse a*b+c into one FMA, so m and v use fmaf; m and v verified bitwise, see tests/oracle;
+ * p differs by a few ulp only because torch's CPU sqrt (MKL VML) is not correctly rounded, ours is):
  *     bc1 = 1 - beta1^t, bc2 = 1 - beta2^t                       (f64, C pow == Python float ** float)
  *     p   = p * f32(1 - lr*wd)                                    param.mul_(1 - lr * weight_decay)
- *     m   = fmaf(g, f32(1 - beta1), m * f32(beta1))               exp_avg.mul_(b1).add_(g, alpha=1-b1)
+ *     m   = fmaf(w, g - m, m), w = f32(1 - beta1)                exp_avg.lerp_(g, 1 - b1) (ATen: |w| < 0.5;
+ *         = fmaf(w - 1, g - m, g) otherwise)
  *     v   = fmaf(f32(1 - beta2) * g, g, v * f32(beta2))           exp_avg_sq.mul_(b2).addcmul_(g, g, value=1-b2)
  *     d   = sqrtf(v) / f32(sqrt(bc2)) + f32(eps)                  (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)
  *     p   = p + (f32(-(lr / bc1)) * m) / d                        param.addcdiv_(exp_avg, denom, value=-step_size)

@@ -188,13 +188,13 @@ double lf_sched_factor(const lf_sched *s, int64_t k) {
     }
     case LF_SCHED_WARMUP_STABLE_DECAY: {
         const int64_t S = s->num_stable_steps, D = s->num_decay_steps;
-        if (k < W) return warmup_factor(k, W);
+        /* transformers 5 (_get_wsd_scheduler_lambda, warmup_type linear, decay_type cosine): both ramps go
+         * between min_lr_ratio and 1, factor * (1 - min_lr_ratio) + min_lr_ratio, then max(0.0, .) */
+        if (k < W) return pymax0(warmup_factor(k, W) * (1.0 - s->min_lr_ratio) + s->min_lr_ratio);
         if (k < W + S) return 1.0;
         if (k < W + S + D) {
             double progress = (double)(k - W - S) / (double)max1(D);
-            double value = pymax0(half_cosine(s->num_cycles, progress));
-            double scaled = (1.0 - s->min_lr_ratio) * value;
-            return scaled + s->min_lr_ratio;
+            return pymax0(half_cosine(s->num_cycles, progress) * (1.0 - s->min_lr_ratio) + s->min_lr_ratio);
         }
         return s->min_lr_ratio;
     }

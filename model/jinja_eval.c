@@ -1,5 +1,5 @@
 /* jinja_eval.c - evaluates the chat-template AST: statements, expressions, scopes, macros, globals
- * (raise_exception, namespace, range, dict) and the Python methods of str / dict / list that templates call.
+ * (raise_exception, strftime_now, namespace, range, dict) and the Python methods of str / dict / list that templates call.
  *
  * Scoping follows Jinja2: a for-loop body gets a fresh frame per iteration (a `set` inside it is invisible
  * after the loop and at the next iteration's start); if-blocks share their frame; macros get a frame whose
@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "model/jinja.h"
 
@@ -89,6 +90,46 @@ static jv g_raise_exception(jctx *c, jv self, const char *name, jv *args, int na
     m = jv_to_str(c, m);
     if (m.u.s.n == 0) jfail_at(c, at, "raise_exception() called with an empty message"); /* an error has a text */
     jfail(c, LF_EINVAL, "%.*s", (int)m.u.s.n, m.u.s.p);
+}
+
+/* transformers' strftime_now(format) = datetime.now().strftime(format): the local time, through C strftime as
+ * CPython does, with datetime's own %f (microseconds, 6 digits) and empty %z / %Z (a naive datetime). The format is at most 256 bytes (real
+ * templates ask for "%d %b %Y"). */
+static jv g_strftime_now(jctx *c, jv self, const char *name, jv *args, int nargs, const char **kwn, jv *kwv,
+                         int nkw, const jnode *at) {
+    (void)self, (void)name, (void)kwn, (void)kwv;
+    if (nargs != 1 || nkw != 0) jfail_at(c, at, "strftime_now() takes exactly one argument (the format)");
+    jv f = want_str(c, "strftime_now()", args[0], at);
+    if (f.u.s.n > 256) jfail_at(c, at, "strftime_now(): the format is %zu bytes (at most 256)", f.u.s.n);
+    if (memchr(f.u.s.p, 0, f.u.s.n)) jfail_at(c, at, "strftime_now(): embedded null character in the format");
+    struct timespec ts;
+    struct tm tm;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0 || !localtime_r(&ts.tv_sec, &tm))
+        jfail_at(c, at, "strftime_now(): the clock or the local time zone is unavailable");
+    char fmt[2 * 256 + 1], usec[24];
+    snprintf(usec, sizeof usec, "%06ld", (long)(ts.tv_nsec / 1000) % 1000000L); /* 0..999999 */
+    size_t k = 0;
+    for (size_t i = 0; i < f.u.s.n; i++) { /* %f -> the microseconds; %% stays a pair */
+        if (f.u.s.p[i] == '%' && i + 1 < f.u.s.n && f.u.s.p[i + 1] == 'f') {
+            memcpy(fmt + k, usec, 6);
+            k += 6;
+            i++;
+        } else if (f.u.s.p[i] == '%' && i + 1 < f.u.s.n && (f.u.s.p[i + 1] == 'z' || f.u.s.p[i + 1] == 'Z')) {
+            i++; /* datetime.now() is naive: its %z and %Z are empty */
+        } else if (f.u.s.p[i] == '%' && i + 1 < f.u.s.n) {
+            fmt[k++] = f.u.s.p[i++];
+            fmt[k++] = f.u.s.p[i];
+        } else {
+            fmt[k++] = f.u.s.p[i];
+        }
+        if (k > 2 * 256 - 8) jfail_at(c, at, "strftime_now(): the format is too long");
+    }
+    fmt[k] = 0;
+    /* the C locale (LC_TIME is never set, nor is it by CPython): the longest directive (%c) is 24 bytes, so
+     * 128 directives fit; strftime's 0 is then an empty result, never an overflow */
+    char out[4096];
+    size_t n = strftime(out, sizeof out, fmt, &tm);
+    return jv_strdup(c, out, n);
 }
 
 static jv g_namespace(jctx *c, jv self, const char *name, jv *args, int nargs, const char **kwn, jv *kwv, int nkw,
@@ -1135,6 +1176,7 @@ void jinja_render_body(jctx *c, const jnode *body, jframe *f) {
 
 void jinja_install_globals(jctx *c, jframe *root) {
     frame_set(c, root, "raise_exception", 15, fnval(mkfunc(c, "raise_exception", g_raise_exception, jv_none())));
+    frame_set(c, root, "strftime_now", 12, fnval(mkfunc(c, "strftime_now", g_strftime_now, jv_none())));
     frame_set(c, root, "namespace", 9, fnval(mkfunc(c, "namespace", g_namespace, jv_none())));
     frame_set(c, root, "range", 5, fnval(mkfunc(c, "range", g_range, jv_none())));
     frame_set(c, root, "dict", 4, fnval(mkfunc(c, "dict", g_dict, jv_none())));

@@ -4,7 +4,10 @@
  * section 3 and the bnb tree: csrc/kernels.cu, bitsandbytes/functional.py, backends/default/ops.py):
  *  - Scaling: both bnb paths multiply by the f32 reciprocal: CUDA kQuantizeBlockwise stores
  *    1.0f/local_abs_max and quantizes vals[j]*that; the torch backend does A * (1/absmax). We do x * (1.0f/a),
- *    never x / a (they differ by an ulp at times, which moves codes at thresholds).
+ *    never x / a (they differ by an ulp at times, which moves codes at thresholds). bnb builds its CUDA
+ *    kernels with --use_fast_math, so its 1.0f/absmax is the hardware's approximate reciprocal (within 1 ulp
+ *    of ours): a value within about an ulp of a threshold can get the other code on a GPU. That cannot be
+ *    reproduced without the GPU and is rare (~1e-6 of codes); docs/quantization.md.
  *  - 4-bit codes: the CUDA decision trees dQuantizeNF4 / dQuantizeFP4 with their f32 literal thresholds,
  *    "x > t" taking the upper branch. The torch backend instead takes argmin |v - code| (first index on ties);
  *    for NF4 the two agree except within an ulp or two of a midpoint (the literals are the rounded midpoints);
@@ -16,11 +19,15 @@
  *    (NF4 7, FP4 0) so such blocks decode to +0 exactly; for NF4 this differs from bnb's packed byte
  *    (0x77 vs 0x00) only in all-zero blocks. LF_QUANT_NF4_ZERO_CODE is the single place to change it.
  *  - Double quantization (functional.py quantize_4bit, compress_statistics): offset = absmax.mean(), then
- *    quantize_blockwise(absmax - offset, blocksize=256) with the signed dynamic map. We use the torch
- *    default backend semantics: v = clamp((x) * (1/absmax2), -1, 1), code = argmin |v - map| (ties to the
- *    first = lower index). bnb's CUDA dQuantize binary search breaks ties by its own pivot rule; only exact
- *    f32 ties can differ. A 256-block of zeros maps to index 127 (0.0) instead of argmin-over-NaN's index 0;
- *    both decode to offset.
+ *    quantize_blockwise(absmax - offset, blocksize=256) with the signed dynamic map. We follow bnb's CUDA
+ *    kernel (kQuantizeBlockwise + dQuantize<0>, what users' checkpoints are made with): v = x * (1/absmax2),
+ *    code by its binary search and f32 midpoints (cuda_dyn_code). bnb's own CPU path disagrees with its CUDA
+ *    kernel: since 0.50 (csrc/cpu_ops.cpp quantize_cpu_impl) it looks codes up in a 65536-bin table over
+ *    [-1, 1] (build_quantize_lut / norm_to_lut_index), so a v within ~1.5e-5 of a midpoint takes the code of
+ *    its bin, not its own: 0.3% of the absmax codes of a [256, 512] matrix differ from CUDA by one
+ *    (docs/quantization.md has the evidence). The torch default backend (bucketize on midpoints) agrees with
+ *    CUDA except at exact ties. A 256-block of zeros gets index 0, as CUDA (0 * inf = NaN walks to 0) and the
+ *    CPU table do; it decodes to offset.
  *  - offset: torch's f32 mean depends on its reduction order (CPU cascade sum vs CUDA tree); we return
  *    the correctly rounded f32 of the exact mean. It is stored next to the data (nested_offset), so loading
  *    a bnb checkpoint uses bnb's value; only our own quantization may differ from torch by an ulp.
@@ -60,30 +67,22 @@ lf_status lf_quant_check_blocksize(int64_t blocksize, lf_err *err) {
 
 /* ============================== dynamic map ============================== */
 
-/* torch.linspace(0.1, 1, steps) in float32, as torch's CPU kernel computes it (RangeFactoriesKernel.cpp):
- *   step = (1.0f - 0.1f) / (steps - 1); idx < steps/2: start + step*idx, else end - step*(steps-idx-1);
- * cpu_serial_kernel_vec runs 2 vectors of 8 floats per iteration while 16 elements remain: each vector is
- * arange(base, step) = base + k*step with base from the formula above at the vector's first index (the
- * halfway test is made once per vector); the rest is scalar. Built with GCC for AVX2, the scalar
- * `start + step*idx` forms are contracted to FMAs (observed on torch 1.13 AVX2: this emulation reproduces
- * torch.linspace bit for bit for steps 2..65; a plain double linspace differs in 90 of the 256 map entries).
- * UNCERTAIN: other torch builds (AVX-512 vectors of 16, no contraction) give 1-ulp different boundaries. */
+/* torch.linspace(0.1, 1, steps) in float32, as the torch that bitsandbytes users run computes it (PyPI torch
+ * 2.x, aten/src/ATen/native/cpu/RangeFactoriesKernel.cpp linspace_kernel; the vectorized path was removed
+ * upstream "due to the precision issue"): a serial loop,
+ *   step = (end - start) / (steps - 1); idx < steps/2: start + step*idx, else end - step*(steps-idx-1),
+ * compiled for the AVX2 / AVX-512 kernels (what x86 machines dispatch to) with the multiply-add contracted to
+ * one FMA. Observed: torch 2.15.0 (PyPI, ATEN_CPU_CAPABILITY avx2 and avx512) gives exactly these values for
+ * steps 2..65, so bnb's create_dynamic_map (run on the CPU with torch.linspace, then moved to the device, for
+ * CUDA and CPU quantization alike) equals this map bit for bit. Other builds differ by 1-2 ulps in up to 44 of
+ * the 256 entries: Debian's torch 1.13.0a0 (the old vectorized kernel: 2 vectors of 8, base + k*step) and
+ * torch's DEFAULT (no-FMA) kernel. The map is stored in every checkpoint (nested_quant_map), and loading
+ * uses the stored one, so this only decides which map our own quantization writes (docs/quantization.md). */
 static void torch_linspace_f32(float *out, int steps) {
     const float start = 0.1f, end = 1.0f;
     const float step = (end - start) / (float)(steps - 1);
-    const int halfway = steps / 2, V = 8;
-    int idx = 0;
-    while (idx <= steps - 2 * V) {
-        for (int r = 0; r < 2; r++) {
-            float base = idx < halfway ? fmaf(step, (float)idx, start) : fmaf(-step, (float)(steps - idx - 1), end);
-            for (int k = 0; k < V; k++) {
-                float ks = (float)k * step; /* separate rounding: arange computes base + k*step, no FMA */
-                out[idx + k] = k == 0 ? base : base + ks;
-            }
-            idx += V;
-        }
-    }
-    for (; idx < steps; idx++)
+    const int halfway = steps / 2;
+    for (int idx = 0; idx < steps; idx++)
         out[idx] = idx < halfway ? fmaf(step, (float)idx, start) : fmaf(-step, (float)(steps - idx - 1), end);
 }
 
@@ -165,6 +164,36 @@ uint8_t lf_quant_map_code(const float map[LF_QUANT_DYN_MAP_SIZE], float v) {
     return (uint8_t)(dh < dl ? lo + 1 : lo);
 }
 
+/* bnb csrc/kernels.cu dQuantize<0> (kQuantizeBlockwise, General8bit), step for step: a 7-step binary search
+ * from pivot 127, then the nearer of the final pivot and the bracketing entry decided against the f32
+ * midpoint (a + b) * 0.5f, strict comparisons, a tie at the midpoint keeping the pivot. This is what the CUDA
+ * kernel writes into users' checkpoints; it differs from argmin |v - map[i]| (lf_quant_map_code) only for v
+ * within rounding of a midpoint. NaN (an all-zero block: 0 * (1/0)) walks to index 0, as on the GPU. */
+static uint8_t cuda_dyn_code(const float map[LF_QUANT_DYN_MAP_SIZE], float x) {
+    int pivot = 127, upper_pivot = 255, lower_pivot = 0;
+    float lower = -1.0f, upper = 1.0f, val = map[pivot];
+    for (int i = 64; i > 0; i >>= 1) {
+        if (x > val) {
+            lower_pivot = pivot;
+            lower = val;
+            pivot += i;
+        } else {
+            upper_pivot = pivot;
+            upper = val;
+            pivot -= i;
+        }
+        val = map[pivot];
+    }
+    if (upper_pivot == 255) upper = map[upper_pivot];
+    if (lower_pivot == 0) lower = map[lower_pivot];
+    if (x > val) {
+        float midpoint = (upper + val) * 0.5f;
+        return (uint8_t)(x > midpoint ? upper_pivot : pivot);
+    }
+    float midpoint = (lower + val) * 0.5f;
+    return (uint8_t)(x < midpoint ? lower_pivot : pivot);
+}
+
 /* ============================== quantize ============================== */
 
 typedef float (*load_fn)(const void *x, int64_t i);
@@ -191,7 +220,11 @@ static lf_status quantize_4bit(uint8_t *packed, float *absmax, const void *x, lo
         float r = 1.0f / a;
         for (int64_t e = e0; e < e1; e += 2) { /* e0 is even: B is even */
             uint8_t q0 = a == 0.0f ? zero : code(ld(x, e) * r);
-            uint8_t q1 = 0; /* odd n: the last low nibble is padding 0 */
+            /* odd n: the last low nibble is padding 0. Both bnb paths write the code of 0.0 there instead
+             * (NF4 7, FP4 0: the CUDA kernel loads the missing item as 0.0f and quantizes it, the torch backend
+             * pads with 0 before bucketize); never decoded. tests/unit/test_quant.c pins 0 today; to match bnb
+             * byte for byte make this `zero` and that check LF_QUANT_*_ZERO_CODE (docs/quantization.md). */
+            uint8_t q1 = 0;
             if (e + 1 < e1) q1 = a == 0.0f ? zero : code(ld(x, e + 1) * r);
             packed[e >> 1] = LF_QUANT_PACK(q0, q1);
         }
@@ -233,9 +266,9 @@ lf_status lf_quant_quantize_blockwise_8bit(uint8_t *q, float *absmax2, const flo
                 q[e] = LF_QUANT_DYN_ZERO_CODE;
                 continue;
             }
-            float v = x[e] * r;
-            v = v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v; /* torch.clamp(..., -1, 1) */
-            q[e] = lf_quant_map_code(map, v);
+            /* x * (1/absmax2), as the kernel's vals[j] * smem_absmax_value (no clamp there: |v| <= 1 + 1 ulp,
+             * which lands on the end codes 0 / 255 either way) */
+            q[e] = cuda_dyn_code(map, x[e] * r);
         }
     }
     return LF_OK;

@@ -6,9 +6,10 @@
  *               NF4 code = dQuantizeNF4 decision tree (x > threshold -> upper), FP4 = dQuantizeFP4 tree
  *               (sign bit from x < 0, magnitude by its thresholds); all-zero block -> code of 0.0.
  *   dequantize: code_value * absmax (f32); bf16 output rounds that product to nearest even.
- *   double quant: offset = mean(absmax) (f32); absmax_q = nearest entry of the signed dynamic map for
- *               (absmax - offset) * (1/absmax2) per 256-block (ties to the lower index, torch argmin);
- *               decoded absmax = map[q] * absmax2 + offset (two f32 ops).
+ *   double quant: offset = mean(absmax) (f32); absmax_q = the code bnb's CUDA kernel picks (dQuantize<0>:
+ *               binary search, f32 midpoints) for (absmax - offset) * (1/absmax2) per 256-block, in the
+ *               signed dynamic map as torch 2.x builds it; decoded absmax = map[q] * absmax2 + offset
+ *               (two f32 ops).
  * Shapes: W is [rows=OC, cols=C] row-major; n = rows*cols; nblocks = ceil(n/B). */
 #ifndef LF_QUANT_QUANT_H
 #define LF_QUANT_QUANT_H
@@ -35,7 +36,8 @@ const float *lf_quant_code_table(lf_quant_type t);
 lf_status lf_quant_check_blocksize(int64_t blocksize, lf_err *err);
 
 /* bitsandbytes create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8), emulating the f32 torch
- * arithmetic bnb runs it with (torch.linspace float32, f32 means, f32 scale). Sorted ascending. */
+ * arithmetic bnb runs it with (torch 2.x torch.linspace float32 on an AVX2/AVX-512 CPU, f32 means, f32
+ * scale). Sorted ascending. */
 void lf_quant_dynamic_map_signed(float map[LF_QUANT_DYN_MAP_SIZE]);
 
 /* One value already scaled by 1/absmax -> 4-bit code (the bnb decision trees). */
@@ -53,7 +55,8 @@ lf_status lf_quant_quantize_4bit_bf16(uint8_t *packed, float *absmax, const uint
 /* out [n] = code[q] * absmax[e / blocksize]; scalar reference. */
 lf_status lf_quant_dequantize_4bit_ref(float *out, const uint8_t *packed, const float *absmax, int64_t n,
                                        int64_t blocksize, lf_quant_type type, lf_err *err);
-/* 8-bit blockwise (bnb quantize_blockwise, default backend semantics): x [n] -> q [n], absmax2 [ceil(n/B)]. */
+/* 8-bit blockwise (bnb quantize_blockwise as its CUDA kernel kQuantizeBlockwise computes it, which is not
+ * lf_quant_map_code's argmin at midpoint ties): x [n] -> q [n], absmax2 [ceil(n/B)]. */
 lf_status lf_quant_quantize_blockwise_8bit(uint8_t *q, float *absmax2, const float *x, int64_t n, int64_t blocksize,
                                            const float map[LF_QUANT_DYN_MAP_SIZE], lf_err *err);
 /* out [n] = map[q] * absmax2[e / blocksize] + offset. */

@@ -37,7 +37,7 @@ extern "C" {
 /* Codes that stand for 0.0: what an all-zero block (absmax == 0) quantizes to (see quant.c). */
 #define LF_QUANT_NF4_ZERO_CODE 7
 #define LF_QUANT_FP4_ZERO_CODE 0
-#define LF_QUANT_DYN_ZERO_CODE 127    /* index of 0.0 in the sorted signed dynamic map */
+#define LF_QUANT_DYN_ZERO_CODE 0      /* all-zero 256-block of absmax - offset: bnb CUDA (NaN -> index 0) and CPU write 0 */
 
 /* NF4 values, index 0..15 (formats.md "NF4 code values"; nf4_dequantization_lut). */
 #define LF_QUANT_NF4_TABLE_INIT                                                                          \

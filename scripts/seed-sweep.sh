@@ -35,7 +35,7 @@ case "$B" in /*) ;; *) B="$ROOT/$B" ;; esac
 if [ ! -f "$B/CMakeCache.txt" ]; then
   echo "seed-sweep: configuring $B (Debug, LF_SANITIZE=ON, LF_CUDA=OFF)"
   cmake -S "$ROOT" -B "$B" -DCMAKE_BUILD_TYPE=Debug -DLF_SANITIZE=ON -DLF_WERROR=ON -DLF_CUDA=OFF \
-    -DLF_PYTHON="$ROOT/build/venv/bin/python" -DLF_PYTHON_CURRENT="$ROOT/build/venv-current/bin/python" >/dev/null || exit 2
+    -DLF_PYTHON="$ROOT/build/venv/bin/python" >/dev/null || exit 2
 fi
 if ! grep -q '^LF_SANITIZE:BOOL=ON$' "$B/CMakeCache.txt"; then
   echo "seed-sweep: $B is not a sanitizer build (LF_SANITIZE=ON); pass another BUILD_DIR" >&2

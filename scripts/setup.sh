@@ -4,8 +4,9 @@
 set -euo pipefail
 PKGS=(build-essential curl cmake pkg-config libjansson-dev zlib1g-dev libpcre2-dev libutf8proc-dev libyaml-dev)
 if [ "${1:-}" = "--tests" ]; then
-  # the oracle virtualenv: Debian's torch + venv support; clang + its libFuzzer runtime for scripts/fuzz.sh
-  PKGS+=(python3 python3-venv python3-torch python3-numpy clang libclang-rt-dev)
+  # the oracle virtualenv (scripts/setup-tests.sh: python3 + venv, everything else from PyPI); clang + its
+  # libFuzzer runtime for scripts/fuzz.sh
+  PKGS+=(python3 python3-venv clang libclang-rt-dev)
 fi
 missing=()
 for p in "${PKGS[@]}"; do

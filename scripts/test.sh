@@ -19,7 +19,7 @@ if [ "${1:-}" != "--no-sanitize" ]; then
   echo "== build (AddressSanitizer + UndefinedBehaviorSanitizer) =="
   # CUDA off here: nothing CUDA runs without a device, and cudart is not ASan-instrumented.
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLF_SANITIZE=ON -DLF_WERROR=ON -DLF_CUDA=OFF \
-        -DLF_PYTHON="$PWD/build/venv/bin/python" -DLF_PYTHON_CURRENT="$PWD/build/venv-current/bin/python" >/dev/null
+        -DLF_PYTHON="$PWD/build/venv/bin/python" >/dev/null
   cmake --build build-asan -j "$JOBS"
   echo "== tests under ASan + UBSan =="
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

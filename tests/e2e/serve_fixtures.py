@@ -54,7 +54,7 @@ def make_tiny(binary, out, seed, hidden, tokenizer, layers=LAYERS):
 
 def peft_adapter(base_dir, out, seed, r, alpha, dora=False):
     torch.manual_seed(seed)
-    m = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32)
+    m = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=TARGETS, init_lora_weights=False, use_dora=dora,
                      lora_dropout=0.0)
     pm = get_peft_model(m, cfg)
@@ -133,7 +133,7 @@ class Reference:
     def model(self, adapter):
         key = adapter or ""
         if key not in self.models:
-            m = AutoModelForCausalLM.from_pretrained(self.fx.base, torch_dtype=torch.float32)
+            m = AutoModelForCausalLM.from_pretrained(self.fx.base, dtype=torch.float32)
             if key:
                 m = PeftModel.from_pretrained(m, self.fx.adapters[key])
             m.eval()

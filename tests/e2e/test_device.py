@@ -11,7 +11,7 @@
   LoRA adapter, a DoRA adapter, the 4-bit base (--quantization-bit 4) and bf16 compute; generate's tokens
   equal; and `serve --device cpu-checked` answers base, LoRA and DoRA requests exactly as `serve --device cpu`.
 
-oracle-stack: current (transformers 5: its qwen3 model; scripts/setup-tests.sh)
+Oracle stack: (transformers 5: its qwen3 model; scripts/setup-tests.sh)
 """
 import argparse
 import os

@@ -237,7 +237,7 @@ def main():
 
         # ---------------------------------------------------------------- penalties and the new warpers
         R.set_group("penalties")
-        hf = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32).eval()
+        hf = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
         pids = tok(prompt, add_special_tokens=True).input_ids
         changed = 0
         for pres, freq in ((2.0, 0.0), (0.0, 2.0), (1.0, 0.5), (-1.0, -0.5)):

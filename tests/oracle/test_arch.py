@@ -25,7 +25,7 @@ random model that transformers loads unchanged (eager attention, float32), and:
      5e-2 of max|logit|: bitsandbytes 0.50's CPU gemv_4bit (backends/cpu/ops.py) casts activations and absmax to
      bf16 and returns bf16 whatever bnb_4bit_compute_dtype says, so only a bf16-level agreement is meaningful
      (a wrong code or block shows up at O(1)); a FAIL, never a skip, when bitsandbytes cannot be imported.
-oracle-stack: current (transformers 5 + peft 0.21 + bitsandbytes 0.50; scripts/setup-tests.sh).
+Oracle stack: (transformers 5 + peft 0.21 + bitsandbytes 0.50; scripts/setup-tests.sh).
 Random weights and tokens, fresh per run (seed printed; LF_TEST_SEED reproduces).
 """
 import argparse

@@ -67,8 +67,8 @@ def main():
         try:
             run([args.bin, "make-tiny", "--arch", arch, "--out", d, "--seed", str(int(rng.integers(1 << 31))),
                  "--init-std", "0.05"] + flags.split())
-            m32 = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager").eval()
-            m16 = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.bfloat16, attn_implementation="eager").eval()
+            m32 = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+            m16 = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16, attn_implementation="eager").eval()
             V = m32.config.vocab_size
             ids = rng.integers(0, V, size=T).tolist()
             with torch.no_grad():

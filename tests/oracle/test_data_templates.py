@@ -288,7 +288,7 @@ def check_template(kind, tok_path, oracle_path):
                 seg_ids += e
                 trained = tgt and (mode != "mask_history" or k == len(segs) - 1)
                 seg_lab += e if (trained or mode == "train_on_prompt") else [-100] * len(e)
-            whole = hf.apply_chat_template(msgs, tokenize=True)
+            whole = hf.apply_chat_template(msgs, tokenize=True, return_dict=False)  # transformers 5: return_dict defaults to True
             check(f"{kind} {mode} conv {i}: ids == segment-wise transformers encode", ids == seg_ids,
                   f"\n  ours {ids}\n  want {seg_ids}")
             check(f"{kind} {mode} conv {i}: labels by segment", labels == seg_lab, f"\n  ours {labels}\n  want {seg_lab}")
@@ -356,7 +356,7 @@ def check_phi3():
             seg_lab += x if tgt else [-100] * len(x)
         check(f"phi3 conv {i}: ids and labels == segment-wise transformers encode",
               e["input_ids"] == seg_ids and e["labels"] == seg_lab, f"\n  ours {e}\n  want {seg_ids} {seg_lab}")
-        whole = hf.apply_chat_template(msgs, tokenize=True)
+        whole = hf.apply_chat_template(msgs, tokenize=True, return_dict=False)  # transformers 5: return_dict defaults to True
         n_diff += seg_ids != whole
         if clean:
             check(f"phi3 conv {i}: == apply_chat_template(tokenize=True)", e["input_ids"] == whole,

@@ -66,7 +66,7 @@ def main():
         try:
             run([args.bin, "make-tiny", "--arch", arch, "--out", d, "--seed", str(int(rng.integers(1 << 31))),
                  "--init-std", "0.05"] + flags.split())
-            model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager")
+            model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
             model.eval()
             V = model.config.vocab_size
             ids = rng.integers(0, V, size=T).tolist()
@@ -116,7 +116,7 @@ def main():
         run([args.bin, "make-tiny", "--arch", "qwen2", "--out", d, "--seed", str(int(rng.integers(1 << 31))),
              "--init-std", "0.05", "--hidden", "64", "--heads", "4", "--kv-heads", "2", "--intermediate", "96",
              "--tokenizer", tokdir])
-        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
         tk = tokenizers.Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
         prompt = "The quick brown fox, naïve café 東京 🦊"
         seq = tk.encode(prompt, add_special_tokens=True).ids

@@ -79,7 +79,7 @@ def main():
             d = os.path.join(a.workdir, name)
             run([a.bin, "make-tiny", "--arch", arch, "--out", d, "--seed", str(int(rng.integers(1 << 31))),
                  "--init-std", "0.08"] + flags.split())
-            model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager")
+            model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
             if q4:  # the base torch sees is the dequantized NF4 base (the codes are bit-exact with ours)
                 sd = model.state_dict()
                 for k in list(sd):

@@ -7,13 +7,21 @@ LLaMA-Factory's smooth(), and the SVG against a real XML parser.
 Tolerances and why:
   - lr schedules: 0 ulp. Both sides evaluate the same lambda in f64 in the same operation order with the same
     libm (glibc cos/pow/sqrt/fmod, called by Python's math module and by our C).
-  - AdamW without clipping: expected 0 ulp (bit-identical): same f32 operations in the same order, including
-    torch's fused multiply-adds in exp_avg.add_ / exp_avg_sq.addcmul_ (its AVX2 kernels contract a*b+c, we call
-    fmaf). Allowed: 2 ulp, so a future torch kernel that rounds one of them separately is reported, not hidden.
+  - AdamW without clipping, exp_avg / exp_avg_sq: expected 0 ulp (bit-identical): same f32 operations in the
+    same order, including torch 2.x's fused multiply-adds in exp_avg.lerp_ (ATen's lerp: fma(w, end - self,
+    self) for |w| < 0.5) and exp_avg_sq.addcmul_ (its vector kernels contract a*b+c, we call fmaf). Allowed:
+    2 ulp, so a future torch kernel that rounds one of them separately is reported, not hidden.
+  - AdamW without clipping, parameters: torch's CPU sqrt (MKL VML, test_torch_sqrt prints the measured rate)
+    is not correctly rounded: about 20% of results are 1 ulp off the IEEE sqrtf we use. That enters only the
+    denominator, so only the parameters: sqrt 1 ulp -> q = sqrt/bc2_sqrt <= 2 ulp (one more rounding) ->
+    d = q + eps <= 3 -> upd = num/d <= 5 ulp of upd (one more rounding) < 6 * 2^-23 * |upd| relative; and
+    p = p*decay + upd can round to the other neighbour once the inputs differ (1 ulp of p per step), while an
+    earlier difference is carried times decay <= 1. So step s allows
+    2 ulp(p_s) + sum_{k<=s} (6 * 2^-23 * |upd_k| + ulp(p_k)), |upd_k| = |p_k - p_{k-1} * decay_k| from torch.
   - clipping active: torch's total norm is an f32-accumulated sum (a few to tens of ulps from the true norm
     for N in the thousands); ours is an f64 sum rounded once. So norms agree to NORM_RTOL = 2e-5 relative
     (measured < 40 ulp = 5e-6 at N = 3e5), the clipping coefficients likewise, and parameters to
-    2 ulp + 8 * NORM_RTOL * sum(lr so far): a relative error d in g moves m by d*|m| and v by 2d*v, so the
+    2 ulp + 8 * NORM_RTOL * sum(lr so far) (+ the sqrt term below): a relative error d in g moves m by d*|m| and v by 2d*v, so the
     Adam direction m_hat / (sqrt(v_hat) + eps) by at most ~2d times its size, which is at most ~3.2 for
     betas (0.9, 0.999) ((1 - b1) / sqrt(1 - b2)), so each step's update by <= 8 * d * lr.
   - our norm vs the exactly rounded norm (f64 sum in NumPy): <= 1 f32 ulp (both round a ~1e-16-accurate f64 sum).
@@ -80,7 +88,16 @@ def ulp32(x):
 
 # ------------------------------------------------------------------------------------------------ schedules
 def hf_warmup(W, R, T):
-    return TrainingArguments.get_warmup_steps(SimpleNamespace(warmup_steps=W, warmup_ratio=R), T)
+    """warmup steps for loraforge's warmup_steps=W / warmup_ratio=R (LLaMA-Factory's keys, transformers 4.x meaning:
+    W > 0 wins, else ceil(T * R)). transformers 5 removed TrainingArguments.warmup_ratio: a float warmup_steps < 1
+    is the ratio (same ceil(T * R), 100 * 0.07 -> 8 quirk included), so R < 1 goes through v5's own
+    get_warmup_steps as warmup_steps=R. v5 reads a float >= 1 as a step count and cannot express the ratio 1.0:
+    there the 4.x formula ceil(T * R) is the reference."""
+    if W > 0 or R == 0:
+        return TrainingArguments.get_warmup_steps(SimpleNamespace(warmup_steps=W), T)
+    if R < 1:
+        return TrainingArguments.get_warmup_steps(SimpleNamespace(warmup_steps=R), T)
+    return math.ceil(T * R)
 
 
 def hf_lrs(name, base_lr, W, T, count, kwargs):
@@ -196,6 +213,16 @@ def test_schedules(tool, wd):
 
 
 # ------------------------------------------------------------------------------------------------ AdamW
+def test_torch_sqrt(rng):
+    """the one known difference: torch's f32 sqrt vs the correctly rounded one (NumPy's, = our sqrtf). The
+    parameter tolerance below assumes it is at most 1 ulp off; a larger error fails here, not as a mystery."""
+    x = rng.random(100003).astype(f32) * f32(10.0)
+    t = torch.from_numpy(x).sqrt().numpy()
+    u = ulps32(t, np.sqrt(x))
+    print(f"torch sqrt vs IEEE sqrtf: {100.0 * np.mean(u > 0):.1f}% of 100003 values differ, max {int(u.max())} ulp")
+    check(int(u.max()) <= 1, f"torch sqrt is {int(u.max())} ulp off IEEE (the AdamW parameter bound assumes <= 1)")
+
+
 def torch_run(p0, grads, c, record_state_at=None):
     S = grads.shape[0]
     p = torch.nn.Parameter(torch.from_numpy(p0.copy()))
@@ -307,6 +334,7 @@ def test_adamw(tool, wd, rng):
             print(f"adamw {name}: total_norm max rel diff vs torch {nrel:.3g} ({int(ulps32(o['norms'], tn).max())} ulp), "
                   f"clipped in {n_clipped} of {S} steps")
         lr_cum = np.cumsum(tl)
+        sqrt_cum = np.zeros(N)
         worst_ulp, worst_rel = 0, 0.0
         lines = []
         for s in range(S):
@@ -315,13 +343,20 @@ def test_adamw(tool, wd, rng):
             rel = float(np.max(np.abs(a.astype(np.float64) - b) / np.maximum(np.abs(b.astype(np.float64)), 1e-30)))
             worst_ulp, worst_rel = max(worst_ulp, u), max(worst_rel, rel)
             lines.append(f"{s + 1}:{u}ulp/{rel:.2g}")
+            prev = tp[s - 1] if s > 0 else p0
+            decay = f32(1.0 - tl[s] * c["wd"])
+            upd = np.abs(b.astype(np.float64) - (prev * decay).astype(np.float64))
+            sqrt_cum = sqrt_cum + 6 * 2.0 ** -23 * upd + ulp32(b).astype(np.float64)
             if clip:
-                tol = 2 * ulp32(b).astype(np.float64) + 8 * NORM_RTOL * lr_cum[s]
+                tol = 2 * ulp32(b).astype(np.float64) + 8 * NORM_RTOL * lr_cum[s] + sqrt_cum
                 bad = np.abs(a.astype(np.float64) - b) > tol
                 check(not bad.any(), f"adamw {name} step {s + 1}: {int(bad.sum())} params beyond tolerance, max abs "
                       f"{np.max(np.abs(a.astype(np.float64) - b)):.3g}")
             else:
-                check(u <= ADAM_ULP_TOL, f"adamw {name} step {s + 1}: {u} ulp > {ADAM_ULP_TOL}")
+                tol = 2 * ulp32(b).astype(np.float64) + sqrt_cum
+                bad = np.abs(a.astype(np.float64) - b) > tol
+                check(not bad.any(), f"adamw {name} step {s + 1}: {int(bad.sum())} params beyond the sqrt-rounding "
+                      f"bound, max abs {np.max(np.abs(a.astype(np.float64) - b)):.3g}")
         if not clip:
             check(int(ulps32(o["m"], tm).max()) <= ADAM_ULP_TOL and int(ulps32(o["v"], tv).max()) <= ADAM_ULP_TOL,
                   f"adamw {name}: final m/v ulp {int(ulps32(o['m'], tm).max())}/{int(ulps32(o['v'], tv).max())}")
@@ -445,6 +480,7 @@ def main():
         print("0 passed, 1 failed")
         sys.exit(1)
     torch.set_num_threads(1)
+    test_torch_sqrt(rng)
     test_schedules(tool, a.workdir)
     test_adamw(tool, a.workdir, rng)
     test_plot(tool, a.workdir, rng)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""test_peft_io.py - our PEFT adapter reader/writer (adapters/peft_io.c via lora_tool) against peft 0.12.
+"""test_peft_io.py - our PEFT adapter reader/writer (adapters/peft_io.c via lora_tool) against peft 0.21.
 
 Run: python test_peft_io.py --bin BUILD/loraforge --workdir DIR
 (lora_tool, built from tests/tools/lora_tool.c, must sit next to --bin.)
@@ -90,7 +90,7 @@ def make_base(kind, d, seed):
 
 
 def load_base(d):
-    return AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    return AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
 
 
 def lora_modules(pm):
@@ -427,7 +427,8 @@ def main():
     if not R.case("lora_tool exists next to --bin", os.path.exists(tool_path), tool_path):
         print(f"{R.passed} passed, {R.failed} failed")
         return 1
-    R.case("peft is 0.12.x (the key set we mirror)", peft.__version__.startswith("0.12."), peft.__version__)
+    R.case("peft is 0.21.x (the oracle pin, scripts/oracle-requirements.txt: its adapter_config.json key set is the one to "
+           "mirror)", peft.__version__.startswith("0.21."), peft.__version__)
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.makedirs(args.workdir, exist_ok=True)
     tool = Tool(tool_path)

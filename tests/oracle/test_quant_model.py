@@ -169,7 +169,7 @@ def main():
             o1 = os.path.join(a.workdir, name + "-onload.npy")
             run([a.bin, "score", "--model", d, "--tokens", toks, "--out", o1, "--quantization-bit", "4"] + qflags(qt, B, dq))
             ours = np.load(o1)
-            model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager")
+            model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
             sd = model.state_dict()
             for k, v in deq.items():
                 sd[k] = torch.from_numpy(v.copy())

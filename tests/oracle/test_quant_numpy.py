@@ -7,9 +7,11 @@ create_dynamic_map (and vs bnb's own code run on torch, when torch imports).
 Rules the reference encodes (see quant/quant.c for the sources):
   scale v = x * f32(1/absmax); NF4 = number of kernel thresholds strictly below v (bucketize right=False on
   the ascending thresholds: x > t takes the upper code); FP4 = sign bit (x < 0) + magnitude bucket by the
-  kernel's thresholds; all-zero block -> the code of 0.0; packing (q[0::2] << 4) | q[1::2], odd n pads 0;
-  double quant: offset = f32(exact mean), x - offset quantized per 256 with v = clip(x * f32(1/absmax2), -1, 1),
-  code = argmin |v - map| (f32, first index on ties), zero 256-block -> index 127; decode map[q]*a2 + offset."""
+  kernel's thresholds; all-zero block -> the code of 0.0; packing (q[0::2] << 4) | q[1::2], odd n pads 0 (bnb pads the code of 0.0; test_quant_bnb.py);
+  double quant: offset = f32(exact mean), x - offset quantized per 256 with v = x * f32(1/absmax2), code = bnb's
+  CUDA dQuantize<0> (binary search, f32 midpoints), zero 256-block -> index 0; decode map[q]*a2 + offset.
+  The dynamic map is torch 2.x's (per-element FMA linspace); it must also equal bnb's create_dynamic_map run on
+  the oracle's torch, checked whenever torch imports."""
 import argparse
 import math
 import os
@@ -66,26 +68,17 @@ def fmaf(a, b, c):
 
 
 def torch_linspace_f32(steps):
-    """torch.linspace(0.1, 1, steps) float32 as torch's CPU kernel computes it (AVX2 build: 2 vectors of 8 per
-    iteration while 16 remain, arange(base, step) = base + k*step; scalar start + step*idx contracted to FMA)."""
+    """torch.linspace(0.1, 1, steps) float32 as PyPI torch 2.x computes it on an AVX2/AVX-512 CPU
+    (RangeFactoriesKernel.cpp linspace_kernel: a serial loop, no vector path any more; GCC contracts
+    start + step*idx to one FMA): step = (end - start) / (steps - 1); idx < steps/2: fma(step, idx, start),
+    else fma(-step, steps-idx-1, end). (Debian's torch 1.13.0a0 ran a vectorized kernel, 2 vectors of 8 with
+    base + k*step, and gave 42 map entries 1-2 ulp apart; the C map followed it until the oracle moved to
+    torch 2.15.)"""
     start, end = f32(0.1), f32(1.0)
     step = f32((end - start) / f32(steps - 1))
-    half, V, idx = steps // 2, 8, 0
-    out = np.zeros(steps, np.float32)
-
-    def formula(i):
-        return fmaf(step, f32(i), start) if i < half else fmaf(-step, f32(steps - i - 1), end)
-
-    while idx <= steps - 2 * V:
-        for _ in range(2):
-            base = formula(idx)
-            for k in range(V):
-                out[idx + k] = base if k == 0 else f32(base + f32(f32(k) * step))
-            idx += V
-    while idx < steps:
-        out[idx] = formula(idx)
-        idx += 1
-    return out
+    half = steps // 2
+    return np.array([fmaf(step, f32(i), start) if i < half else fmaf(-step, f32(steps - i - 1), end)
+                     for i in range(steps)], np.float32)
 
 
 def dynamic_map_numpy():
@@ -149,17 +142,42 @@ def quantize_4bit(x, B, qtype):
     return packed, absmax
 
 
+def cuda_dquantize(dmap, x):
+    """bnb csrc/kernels.cu dQuantize<0> (kQuantizeBlockwise, General8bit), vectorized: binary search from pivot
+    127 over 7 halvings, then pivot vs the bracketing entry against the f32 midpoint (a + b) * 0.5f, strict
+    comparisons (a tie keeps the pivot). NaN (an all-zero block) walks down to index 0."""
+    x = np.asarray(x, np.float32)
+    pivot = np.full(x.shape, 127)
+    lo_p, up_p = np.zeros(x.shape, int), np.full(x.shape, 255)
+    lower, upper = np.full(x.shape, f32(-1)), np.full(x.shape, f32(1))
+    val = dmap[pivot]
+    i = 64
+    while i > 0:
+        g = x > val
+        lo_p, lower = np.where(g, pivot, lo_p), np.where(g, val, lower)
+        up_p, upper = np.where(g, up_p, pivot), np.where(g, upper, val)
+        pivot = np.where(g, pivot + i, pivot - i)
+        val = dmap[pivot]
+        i >>= 1
+    upper = np.where(up_p == 255, dmap[255], upper)
+    lower = np.where(lo_p == 0, dmap[0], lower)
+    g = x > val
+    mid_u = ((upper + val).astype(np.float32) * f32(0.5)).astype(np.float32)
+    mid_l = ((lower + val).astype(np.float32) * f32(0.5)).astype(np.float32)
+    return np.where(g, np.where(x > mid_u, up_p, pivot), np.where(x < mid_l, lo_p, pivot)).astype(np.uint8)
+
+
 def quantize_blockwise_8bit(x, dmap, B=256):
+    """bnb's CUDA kQuantizeBlockwise (what users' checkpoints are made with; bnb's own CPU path, a 65536-bin
+    lookup table, differs near midpoints: tests/oracle/test_quant_bnb.py, docs/quantization.md):
+    v = x * f32(1/absmax2), code = dQuantize<0>(v); zero 256-block: 0 * inf = NaN -> index 0."""
     n = x.size
     a2 = blocks_absmax(x, B)
     a = np.repeat(a2, B)[:n]
     with np.errstate(divide="ignore", invalid="ignore"):
-        v = np.clip((x * (f32(1.0) / a).astype(np.float32)).astype(np.float32), f32(-1), f32(1))
-    q = np.empty(n, np.uint8)
-    for s in range(0, n, 65536):  # argmin over the map, first index on ties (torch.argmin)
-        d = np.abs(v[s:s + 65536, None] - dmap[None, :]).astype(np.float32)
-        q[s:s + 65536] = np.argmin(d, axis=1)
-    q[a == 0] = 127
+        v = (x * (f32(1.0) / a).astype(np.float32)).astype(np.float32)
+    q = cuda_dquantize(dmap, v)
+    q[a == 0] = 0
     return q, a2
 
 
@@ -217,7 +235,8 @@ def main():
     if tmap is not None:
         nd = int(np.sum(tmap != cmap))
         print(f"dynamic map vs bnb create_dynamic_map on this torch: {nd} of 256 entries differ")
-        check(nd == 0, "dynamic map differs from bnb's algorithm run on torch (torch build dependent)")
+        check(nd == 0, "dynamic map differs from bnb's algorithm run on this torch (torch build dependent: "
+              "docs/quantization.md)")
     else:
         print("dynamic map vs torch: skipped (torch not importable)")
 

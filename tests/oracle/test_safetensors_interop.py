@@ -45,6 +45,31 @@ try:
 except Exception:
     torch = None
 
+
+def _specs(tensors, keep):
+    """{name: {"dtype", "shape", "data": bytes}} -> what this safetensors' serialize()/serialize_file() take.
+    0.4.x took those dicts; 0.8 takes safetensors.TensorSpec(dtype, shape, data_ptr, data_len) over memory
+    the caller keeps alive (keep: a list that holds the buffers until the call returns)."""
+    spec = getattr(safetensors, "TensorSpec", None)
+    if spec is None:
+        return tensors
+    out = {}
+    for name, d in tensors.items():
+        buf = np.frombuffer(bytes(d["data"]), np.uint8) if len(d["data"]) else np.zeros(1, np.uint8)
+        keep.append(buf)
+        out[name] = spec(dtype=d["dtype"], shape=list(d["shape"]), data_ptr=buf.ctypes.data, data_len=len(d["data"]))
+    return out
+
+
+def st_serialize(tensors, metadata):
+    keep = []
+    return serialize(_specs(tensors, keep), metadata)
+
+
+def st_serialize_file(tensors, path, metadata):
+    keep = []
+    return serialize_file(_specs(tensors, keep), path, metadata)
+
 # Our dtype names (lf_dtype order) -> names the Python binding's serialize() may accept, newest first.
 BINDING_NAMES = {
     "BOOL": ["bool"], "F4": ["float4_e2m1fn_x2", "float4_e2m1fn", "float4"],
@@ -111,7 +136,7 @@ def probe_dtypes():
         nbytes = numel * BITS[dt] // 8
         for c in cands:
             try:
-                b = serialize({"x": {"dtype": c, "shape": [2, 4], "data": bytes(nbytes)}}, None)
+                b = st_serialize({"x": {"dtype": c, "shape": [2, 4], "data": bytes(nbytes)}}, None)
                 got = deserialize(bytes(b))
                 if got and got[0][1]["dtype"] == dt and list(got[0][1]["shape"]) == [2, 4]:
                     found[dt] = c
@@ -152,13 +177,15 @@ def random_metadata(rng):
 
 
 def random_array(rng, nprng, dt, shape):
+    # np.asarray: for shape [] NumPy arithmetic gives a NumPy scalar, which safetensors 0.8's numpy save_file
+    # (it reads .ctypes) no longer accepts; a 0-d array is what a rank-0 tensor is
     npdt = NUMPY_DTYPES[dt]
     if dt == "BOOL":
-        return nprng.integers(0, 2, size=shape).astype(np.bool_)
+        return np.asarray(nprng.integers(0, 2, size=shape).astype(np.bool_))
     if np.issubdtype(npdt, np.integer):
         info = np.iinfo(npdt)
-        return nprng.integers(info.min, info.max, size=shape, dtype=npdt, endpoint=True)
-    return (nprng.standard_normal(size=shape) * 10).astype(npdt)
+        return np.asarray(nprng.integers(info.min, info.max, size=shape, dtype=npdt, endpoint=True))
+    return np.asarray((nprng.standard_normal(size=shape) * 10).astype(npdt))
 
 
 def random_bytes(rng, dt, nbytes):
@@ -259,7 +286,7 @@ def part_a(r, rng, tool, workdir, supported, trial):
             raw[random_name(rng, 200 + 3 * j + kind, dt)] = {
                 "dtype": supported[dt], "shape": shape, "data": random_bytes(rng, dt, numel * BITS[dt] // 8)}
     path = os.path.join(workdir, f"py_raw_{trial}.safetensors")
-    serialize_file(raw, path, random_metadata(rng))
+    st_serialize_file(raw, path, random_metadata(rng))
     want = expected_listing(path)
     back = {n: d for n, d in deserialize(open(path, "rb").read())}
     r.case(f"a{trial} raw: oracle sanity (deserialize bytes == written bytes)",
@@ -324,14 +351,14 @@ def part_b(r, tool, workdir, supported):
     ref_in = {n: {"dtype": supported[w[0]], "shape": w[1], "data": w[2]} for n, w in want.items()}
     ref = None
     for _ in range(64):
-        ref = bytes(serialize(ref_in, meta_want))
+        ref = bytes(st_serialize(ref_in, meta_want))
         if ref == data:
             break
     r.case("b: file is byte-identical to safetensors.serialize() of the same tensors", ref == data,
            f"\n  py : {ref[:300]!r}\n  our: {data[:300]!r}")
     # And with a single metadata key the order question does not arise: via st_tool copy of a Python file.
     one = os.path.join(workdir, "py_one_meta.safetensors")
-    serialize_file(ref_in, one, {"format": "pt"})
+    st_serialize_file(ref_in, one, {"format": "pt"})
     check_copy(r, "b single-key metadata", tool, one, workdir)
 
 

@@ -86,7 +86,7 @@ def main():
         for r in rows:
             f.write(json.dumps(r) + "\n")
     # the initial adapter, from peft
-    model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager")
     pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, lora_dropout=0.0, task_type="CAUSAL_LM"))
     with torch.no_grad():
         for n, p in pm.named_parameters():
@@ -137,7 +137,7 @@ def main():
             npy = os.path.join(w, f"logits-{tag.replace('>', '')}.npy")
             run([a.bin, "score", "--model", base, "--adapter", adir, "--tokens", tstr, "--out", npy])
             mine = np.load(npy)
-            bm = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32, attn_implementation="eager")
+            bm = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager")
             pl = PeftModel.from_pretrained(bm, adir)
             pl.eval()
             with torch.no_grad():
@@ -156,7 +156,7 @@ def main():
         mm, uu = np.load(os.path.join(w, "m.npy")), np.load(os.path.join(w, "u.npy"))
         rel = float(np.max(np.abs(mm - uu)) / np.max(np.abs(uu)))
         check(rel <= LOGIT_TOL, f"(d) merged vs unmerged: max|d|/max|ref| {rel:.2e} (tol {LOGIT_TOL:g})")
-        tm = AutoModelForCausalLM.from_pretrained(merged, torch_dtype=torch.float32, attn_implementation="eager")
+        tm = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32, attn_implementation="eager")
         with torch.no_grad():
             tl = tm(torch.tensor([toks])).logits[0].numpy()
         rel = float(np.max(np.abs(mm - tl)) / np.max(np.abs(tl)))

@@ -218,6 +218,9 @@ static void test_targets(void) {
     c.n_rank_pattern = 3; /* a regex-matched key ("layers.2.mlp.down_proj") and an exact full name (fallback) */
     snprintf(c.rank_pattern[2].key, LF_LORA_NAME_MAX, "layers.2.mlp.down_proj");
     c.rank_pattern[2].value = 6;
+    c.n_rank_pattern = 4; /* peft 0.21 "(.*\.)?(key)$": a regex spelling of the whole name matches too */
+    snprintf(c.rank_pattern[3].key, LF_LORA_NAME_MAX, "model\\.layers\\.1\\.mlp\\.down_proj");
+    c.rank_pattern[3].value = 12;
     c.n_alpha_pattern = 2;
     snprintf(c.alpha_pattern[0].key, LF_LORA_NAME_MAX, "o_proj");
     c.alpha_pattern[0].value = 32;
@@ -230,7 +233,7 @@ static void test_targets(void) {
         CHECK(v && v->R == 16 && v->alpha == 64 && fabs(v->scaling - 64 / 4.0) < 1e-12, "v: R %" PRId64 " alpha %g", v ? v->R : -1,
               v ? v->alpha : 0);
         const lf_lora_slot *d2 = lf_lora_get(a, 2, LF_MOD_DOWN);
-        CHECK(d0 && d0->R == 2 && d0->alpha == 8 && d1 && d1->R == 4 && d2 && d2->R == 6, "down: %" PRId64 " %" PRId64
+        CHECK(d0 && d0->R == 2 && d0->alpha == 8 && d1 && d1->R == 12 && d2 && d2->R == 6, "down: %" PRId64 " %" PRId64
               " %" PRId64, d0 ? d0->R : -1, d1 ? d1->R : -1, d2 ? d2->R : -1);
         CHECK(o && o->R == 4 && o->alpha == 32 && fabs(o->scaling - 16.0) < 1e-12, "o: R %" PRId64 " alpha %g", o ? o->R : -1,
               o ? o->alpha : 0);
@@ -501,7 +504,7 @@ static void test_roundtrip(void) {
                       "config text is Python json.dumps style:\n%s", t1);
                 int keys = 0;
                 for (const char *p = t1; (p = strstr(p, "\n  \"")); p++) keys++;
-                CHECK(keys == 24, "24 top-level keys (peft 0.12), got %d", keys);
+                CHECK(keys == 41, "41 top-level keys (peft 0.21.2), got %d", keys);
             }
             free(t1);
             free(t2);
