@@ -9,9 +9,10 @@ A. Random weights (fresh seed per run, printed), nf4, blocksize 64, double quant
    quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4"):
    - packed NF4 codes: identical, but for the pad nibble of an odd element count (PAD_NOTE: bnb writes the code
      of 0.0 there, we write 0, pinned by tests/unit/test_quant.c; checked as that known difference). (bnb's CPU path buckets on f32 midpoints, the CUDA kernel and we use the
-     kernel's literal thresholds, 4 of which are 1-2 ulps off the midpoint: a value in such a sliver would be
-     reported as explained; random data has not hit one.)
-   - absmax (no double quant), nested absmax, the 256-entry nested map: identical; offset within 1 ulp (torch's
+     kernel's literal thresholds, 4 of which are 1-2 ulps off the midpoint: a code that differs is accepted only
+     when x lies within 4 ulp of that threshold (nf4_sliver_explained; seed 1652837718 hits one), and in part B
+     our codes are patched into bnb's module for the logits.)
+   - absmax (no double quant), nested absmax, the 256-entry nested map: identical; offset within 4 ulp (torch's
      f32 mean vs our correctly rounded one).
    - quantized absmax codes: bnb's CPU path is the odd one out, so the test states it: since 0.50 it picks
      8-bit codes from a 65536-bin table over [-1, 1] (csrc/cpu_ops.cpp build_quantize_lut,
@@ -114,6 +115,41 @@ def lut_codes(code, v):
     return lut[idx.astype(np.int64)]
 
 
+# dQuantizeNF4's literal thresholds between codes c and c + 1 (quant/quant.c lf_quant_nf4_code)
+NF4_THRESH = np.array([-0.8480964004993439, -0.6106329262256622, -0.4599952697753906, -0.33967943489551544,
+                       -0.23460740596055984, -0.13791173323988914, -0.045525018125772476, 0.03979014977812767,
+                       0.1202552504837513, 0.2035212516784668, 0.2920137718319893, 0.3893125355243683,
+                       0.5016634166240692, 0.6427869200706482, 0.8614784181118011], dtype=f32)
+
+
+def nibbles(packed, n):
+    """element codes of a packed NF4 array (element 2i in the high nibble)."""
+    q = np.empty(packed.size * 2, np.uint8)
+    q[0::2], q[1::2] = packed >> 4, packed & 15
+    return q[:n]
+
+
+def nf4_sliver_explained(w, ours_packed, bnb_packed):
+    """bnb's CPU path buckets on f32 midpoints, the CUDA kernel (and we) on its literal thresholds, some 1-2 ulps
+    off the midpoints. A code that differs is explained when the codes are neighbours and x = w * f32(1/absmax)
+    lies within 4 f32 ulps of the threshold between them. Returns (number differing, all explained)."""
+    wf = w.reshape(-1).astype(f32)
+    qa, qb = nibbles(ours_packed, wf.size), nibbles(bnb_packed, wf.size)
+    d = np.flatnonzero(qa != qb)
+    if d.size == 0:
+        return 0, True
+    blk = wf[: (wf.size // B) * B].reshape(-1, B)
+    am = np.abs(blk).max(axis=1).astype(f32)
+    if wf.size % B:
+        am = np.append(am, np.abs(wf[(wf.size // B) * B:]).max().astype(f32))
+    x = (wf[d] * (f32(1) / am[d // B])).astype(f32)
+    lo = np.minimum(qa[d], qb[d]).astype(np.int64)
+    adj = np.abs(qa[d].astype(np.int64) - qb[d].astype(np.int64)) == 1
+    t = NF4_THRESH[np.clip(lo, 0, 14)]
+    near = np.abs(x.astype(np.float64) - t) <= 4 * np.spacing(np.abs(t)).astype(np.float64)
+    return int(d.size), bool(np.all(adj & near))
+
+
 def within_table_resolution(code, v, cuda_q, table_q):
     """The table picks the entry nearest to a bin centre g with |g - v| <= 1/65535, so its entry is at most
     2/65535 farther from v than the nearest one (usually the neighbour; near 0, where map entries are closer
@@ -179,8 +215,12 @@ def part_a(tool, wd, rng, dmap):
                   "the code of 0.0) -- " + PAD_NOTE)
             bp[-1] = (bp[-1] & 0xF0) | pad_ours
             bp0[-1] = (bp0[-1] & 0xF0) | pad_ours
-        check(np.array_equal(o1["packed"], bp) and np.array_equal(o0["packed"], bp0),
-              f"{tag}: NF4 packed codes identical ({int((o1['packed'] != bp).sum())} of {bp.size} bytes differ)")
+        n1, ok1 = nf4_sliver_explained(w, o1["packed"], bp)
+        n0, ok0 = nf4_sliver_explained(w, o0["packed"], bp0)
+        check(ok1 and ok0, f"{tag}: NF4 codes identical but where x is within 4 ulp of a CUDA threshold "
+              f"({n1} / {n0} codes differ; {int((o1['packed'] != bp).sum())} of {bp.size} bytes)")
+        if n1 or n0:
+            print(f"  {tag}: {max(n1, n0)} NF4 codes in the threshold sliver (bnb CPU midpoint vs CUDA literal)")
         check(np.array_equal(o0["absmax"].view(np.uint32), st0.absmax.numpy().view(np.uint32)),
               f"{tag}: absmax (no double quant) bit-identical")
         boff = f32(st1.offset.item())
@@ -192,8 +232,11 @@ def part_a(tool, wd, rng, dmap):
               f"{tag}: nested absmax = max|absmax - offset| per 256 on both sides (bit-identical when the offsets are)")
         check(np.array_equal(st1.state2.code.numpy().view(np.uint32), cmap.view(np.uint32)),
               f"{tag}: nested quant map bit-identical to bnb's create_dynamic_map on this torch")
-        check(ulps(o1["offset"], boff) <= 1, f"{tag}: offset ours {o1['offset']!r} bnb {boff!r} "
-              f"({ulps(o1['offset'], boff)} ulp; allowed 1: torch's f32 mean vs the correctly rounded mean)")
+        # torch's mean sums the n = numel/64 absmax values in f32 (a cascade of vector partial sums: error up to
+        # ~log2(n) ulp of the sum in the worst case, 2 ulp seen at n = 2690, seed 993603735); ours is correctly
+        # rounded. Allowed 4 ulp; the checks that need equal offsets only run when they are equal.
+        check(ulps(o1["offset"], boff) <= 4, f"{tag}: offset ours {o1['offset']!r} bnb {boff!r} "
+              f"({ulps(o1['offset'], boff)} ulp; allowed 4: torch's f32 mean vs the correctly rounded mean)")
         am = o0["absmax"]
         ours_q, bnb_q = o1["absmax"], st1.absmax.numpy()
         cuda = qnp.cuda_dquantize(cmap, scaled_nested(am, o1["offset"]))
@@ -332,7 +375,13 @@ def part_b(bin_, tool, wd, rng):
                 m = om.get_submodule(k[: -len(".weight")])
                 qs = m.weight.quant_state
                 if not torch.equal(m.weight.data.reshape(-1), qf[k].reshape(-1)):
-                    packed_bad.append(k)
+                    nsl, ok = nf4_sliver_explained(orig[k], qf[k].numpy().reshape(-1),
+                                                   m.weight.data.numpy().reshape(-1))
+                    if not ok:
+                        packed_bad.append(k)
+                    else:
+                        print(f"  B on-load {k}: {nsl} NF4 codes in the threshold sliver; ours patched in")
+                        m.weight.data.view(-1).copy_(qf[k].reshape(-1))
                 ours_q, bnb_q = qf[k + ".absmax"].numpy(), qs.absmax.numpy()
                 am = np.abs(orig[k].reshape(-1, B)).max(axis=1).astype(f32)
                 our_off = f32(math.fsum(am.astype(np.float64).tolist()) / am.size)  # each side's own offset
@@ -345,7 +394,8 @@ def part_b(bin_, tool, wd, rng):
                 nd += dd.size
                 nc += bnb_q.size
                 qs.absmax = qf[k + ".absmax"].clone()  # our (CUDA-rule) codes into bnb's module
-        check(not packed_bad, f"B on-load: bnb's packed NF4 codes == ours in all {7 * L} matrices {packed_bad[:2]}")
+        check(not packed_bad, f"B on-load: bnb's packed NF4 codes == ours in all {7 * L} matrices (but for "
+              f"threshold-sliver codes) {packed_bad[:2]}")
         check(not unexplained, f"B on-load: {nd} of {nc} absmax codes differ, all where bnb's CPU table differs "
               f"from the CUDA search {unexplained[:2]}")
         l_patched = hf_logits(om, ids)
